@@ -1,0 +1,35 @@
+"""Flax modules and the registry that builds them from a config by name."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+
+from jdl.models.activations import ACTIVATIONS, PReLU
+from jdl.models.cnn import CNN
+from jdl.models.mlp import MLP
+
+MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN}
+
+
+def build_model(model_config: Mapping[str, Any], num_outputs: int) -> nn.Module:
+    """Instantiates `MODELS[model_config["name"]]` with the config's other fields.
+
+    Raises a ValueError listing the valid names or fields when either is unknown.
+    """
+    fields = dict(model_config)
+    name = fields.pop("name")
+    if name not in MODELS:
+        raise ValueError(f"Unknown model {name!r}; valid models: {sorted(MODELS)}")
+    cls = MODELS[name]
+    valid_fields = set(cls.__dataclass_fields__) - {"parent", "name", "num_outputs", "axis_name"}
+    unknown = sorted(set(fields) - valid_fields)
+    if unknown:
+        raise ValueError(
+            f"Unknown field(s) {unknown} for model {name!r}; valid fields: {sorted(valid_fields)}"
+        )
+    return cls(num_outputs=num_outputs, **{k: tuple(v) if isinstance(v, list) else v
+                                           for k, v in fields.items()})
+
+
+__all__ = ["ACTIVATIONS", "CNN", "MLP", "MODELS", "PReLU", "build_model"]

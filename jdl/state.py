@@ -1,0 +1,66 @@
+"""The training state: one pytree that a step consumes and returns."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+
+@struct.dataclass
+class TrainState:
+    """Step counter, parameters, optimizer state and batch-norm statistics ({} if none).
+
+    `model` and `tx` are static: they define the computation, not its values,
+    so a checkpoint holds only the four array fields.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    batch_stats: Any
+    model: nn.Module = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+    def apply_gradients(self, grads, batch_stats) -> "TrainState":
+        """One optimizer update; also stores the batch statistics of the forward pass."""
+        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        return self.replace(
+            step=self.step + 1,
+            params=optax.apply_updates(self.params, updates),
+            opt_state=opt_state,
+            batch_stats=batch_stats,
+        )
+
+    @property
+    def variables(self) -> dict:
+        """The Flax variable collections for `model.apply`."""
+        if self.batch_stats:
+            return {"params": self.params, "batch_stats": self.batch_stats}
+        return {"params": self.params}
+
+
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, input_shape: Sequence[int], rng: jax.Array
+) -> TrainState:
+    """Initialises `model` on a dummy batch of one example of `input_shape`."""
+    variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, *input_shape)), train=False))(
+        rng
+    )
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        batch_stats=variables.get("batch_stats", {}),
+        model=model,
+        tx=tx,
+    )
+
+
+def count_params(params) -> int:
+    """Number of scalar parameters in a pytree."""
+    return sum(x.size for x in jax.tree_util.tree_leaves(params))

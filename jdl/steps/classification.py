@@ -1,0 +1,115 @@
+"""Train and eval steps for classification with softmax (C > 1 logits) or sigmoid (1 logit).
+
+A batch is a dict with `label` (int, shape [B]), the model input under `image`
+(or `features` for tabular data), and an optional float `mask` [B] that is 0
+for padding examples. Both steps are pure; `axis_name` is given only when the
+step runs under a mapped axis (pmap), and then gradients, batch-norm statistics
+and metrics are combined across that axis.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jdl import losses
+from jdl.state import TrainState
+
+INPUT_KEYS = ("image", "features")
+
+
+def model_inputs(batch: dict) -> jax.Array:
+    """The model input of a batch: its `image` or `features` entry."""
+    for key in INPUT_KEYS:
+        if key in batch:
+            return batch[key]
+    raise KeyError(f"Batch has none of the input keys {INPUT_KEYS}; it has {sorted(batch)}")
+
+
+def example_weights(batch: dict) -> jax.Array:
+    """1 for real examples, 0 for padding."""
+    labels = batch["label"]
+    return batch.get("mask", jnp.ones(labels.shape[0], jnp.float32)).astype(jnp.float32)
+
+
+def per_example_loss(logits, labels, label_smoothing: float = 0.0) -> jax.Array:
+    """Sigmoid cross-entropy for one logit per example, softmax cross-entropy otherwise."""
+    if logits.shape[-1] == 1:
+        return losses.sigmoid_binary_cross_entropy(logits[:, 0], labels)
+    return losses.softmax_cross_entropy(logits, labels, label_smoothing)
+
+
+def predictions(logits) -> jax.Array:
+    """Predicted class: the sign of a single logit, or the arg-max of several."""
+    if logits.shape[-1] == 1:
+        return (logits[:, 0] > 0).astype(jnp.int32)
+    return jnp.argmax(logits, axis=-1)
+
+
+def classification_metrics(logits, labels, per_example_losses, weights_B) -> dict:
+    """Summable metrics: weighted sums of loss and correct predictions, and the count."""
+    correct_B = (predictions(logits) == labels).astype(jnp.float32)
+    return {
+        "loss": jnp.sum(per_example_losses * weights_B),
+        "accuracy": jnp.sum(correct_B * weights_B),
+        "count": jnp.sum(weights_B),
+    }
+
+
+def bind_axis(model: nn.Module, axis_name: str | None) -> nn.Module:
+    """The model with its batch norm averaging over `axis_name` (models that have one)."""
+    if axis_name is None or "axis_name" not in getattr(model, "__dataclass_fields__", {}):
+        return model
+    return model.clone(axis_name=axis_name)
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    axis_name: str | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[TrainState, dict]:
+    """One gradient step on the (weighted) mean loss of the batch."""
+    rng = jax.random.fold_in(rng, state.step)
+    if axis_name is not None:
+        # Different dropout masks on each device, as for one big batch.
+        rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
+    model = bind_axis(state.model, axis_name)
+    labels = batch["label"]
+    weights_B = example_weights(batch)
+
+    def loss_fn(params):
+        variables = {**state.variables, "params": params}
+        logits, updates = model.apply(
+            variables,
+            model_inputs(batch),
+            train=True,
+            rngs={"dropout": rng},
+            mutable=["batch_stats"],
+        )
+        per_example = per_example_loss(logits, labels, label_smoothing)
+        mean_loss = jnp.sum(per_example * weights_B) / jnp.maximum(jnp.sum(weights_B), 1.0)
+        return mean_loss, (logits, per_example, updates.get("batch_stats", {}))
+
+    grads, (logits, per_example, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    if axis_name is not None:
+        grads = lax.pmean(grads, axis_name)
+    state = state.apply_gradients(grads, batch_stats)
+    metrics = classification_metrics(logits, labels, per_example, weights_B)
+    if axis_name is not None:
+        metrics = lax.psum(metrics, axis_name)
+    return state, metrics
+
+
+def eval_step(state: TrainState, batch: dict, *, axis_name: str | None = None) -> dict:
+    """Summed loss and accuracy over the real (unmasked) examples of the batch."""
+    logits = state.model.apply(state.variables, model_inputs(batch), train=False)
+    labels = batch["label"]
+    metrics = classification_metrics(
+        logits, labels, per_example_loss(logits, labels), example_weights(batch)
+    )
+    if axis_name is not None:
+        metrics = lax.psum(metrics, axis_name)
+    return metrics
