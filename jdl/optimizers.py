@@ -6,7 +6,6 @@ from typing import Any
 import jax
 import optax
 
-
 # Each entry turns gradients into an update direction with a learning rate of 1;
 # `make_optimizer` adds clipping, weight decay and the scheduled learning rate around it.
 # `adamw` is adam plus decoupled weight decay (the `weight_decay` key).

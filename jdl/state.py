@@ -47,9 +47,7 @@ def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, input_shape: Sequence[int], rng: jax.Array
 ) -> TrainState:
     """Initialises `model` on a dummy batch of one example of `input_shape`."""
-    variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, *input_shape)), train=False))(
-        rng
-    )
+    variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, *input_shape)), train=False))(rng)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),

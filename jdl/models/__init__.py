@@ -28,8 +28,10 @@ def build_model(model_config: Mapping[str, Any], num_outputs: int) -> nn.Module:
         raise ValueError(
             f"Unknown field(s) {unknown} for model {name!r}; valid fields: {sorted(valid_fields)}"
         )
-    return cls(num_outputs=num_outputs, **{k: tuple(v) if isinstance(v, list) else v
-                                           for k, v in fields.items()})
+    return cls(
+        num_outputs=num_outputs,
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()},
+    )
 
 
 __all__ = ["ACTIVATIONS", "CNN", "MLP", "MODELS", "PReLU", "build_model"]

@@ -28,9 +28,7 @@ class MLP(nn.Module):
         for width in self.hidden_sizes:
             x_BxD = nn.Dense(width, use_bias=not self.batch_norm)(x_BxD)
             if self.batch_norm:
-                x_BxD = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name)(
-                    x_BxD
-                )
+                x_BxD = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x_BxD)
             x_BxD = activation_layer(self.activation)(x_BxD)
             if self.dropout_rate > 0:
                 x_BxD = nn.Dropout(self.dropout_rate, deterministic=not train)(x_BxD)

@@ -114,14 +114,18 @@ class Strategy:
 
     def _compile(self, fn: Callable, batch_spec: P, data_replicated: bool = False) -> Callable:
         if self.mode == "pmap":
-            return jax.pmap(
-                functools.partial(fn, axis_name=PMAP_AXIS),
+            # pmap sizes its axis from a mapped argument, and replicated resident data maps
+            # none, so every call also passes the (otherwise unused) local device indices.
+            pmapped = jax.pmap(
+                lambda state, batch, rng, _device_index: fn(state, batch, rng, axis_name=PMAP_AXIS),
                 axis_name=PMAP_AXIS,
-                in_axes=(None, None if data_replicated else 0, None),
+                in_axes=(None, None if data_replicated else 0, None, 0),
                 out_axes=(None, None),
                 devices=self.local_devices,
                 donate_argnums=(0,),
             )
+            device_indices = np.arange(len(self.local_devices))
+            return lambda state, batch, rng: pmapped(state, batch, rng, device_indices)
         if self.mode == "sharded":
             batch_sharding = NamedSharding(self.mesh, batch_spec)
             return jax.jit(

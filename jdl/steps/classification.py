@@ -46,11 +46,14 @@ def predictions(logits) -> jax.Array:
     return jnp.argmax(logits, axis=-1)
 
 
-def classification_metrics(logits, labels, per_example_losses, weights_B) -> dict:
-    """Summable metrics: weighted sums of loss and correct predictions, and the count."""
+def classification_metrics(logits, labels, weights_B) -> dict:
+    """Summable metrics: weighted sums of loss and correct predictions, and the count.
+
+    The loss is the plain (unsmoothed) cross-entropy, so train and eval losses compare.
+    """
     correct_B = (predictions(logits) == labels).astype(jnp.float32)
     return {
-        "loss": jnp.sum(per_example_losses * weights_B),
+        "loss": jnp.sum(per_example_loss(logits, labels) * weights_B),
         "accuracy": jnp.sum(correct_B * weights_B),
         "count": jnp.sum(weights_B),
     }
@@ -91,13 +94,13 @@ def train_step(
         )
         per_example = per_example_loss(logits, labels, label_smoothing)
         mean_loss = jnp.sum(per_example * weights_B) / jnp.maximum(jnp.sum(weights_B), 1.0)
-        return mean_loss, (logits, per_example, updates.get("batch_stats", {}))
+        return mean_loss, (logits, updates.get("batch_stats", {}))
 
-    grads, (logits, per_example, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     if axis_name is not None:
         grads = lax.pmean(grads, axis_name)
     state = state.apply_gradients(grads, batch_stats)
-    metrics = classification_metrics(logits, labels, per_example, weights_B)
+    metrics = classification_metrics(logits, labels, weights_B)
     if axis_name is not None:
         metrics = lax.psum(metrics, axis_name)
     return state, metrics
@@ -106,10 +109,7 @@ def train_step(
 def eval_step(state: TrainState, batch: dict, *, axis_name: str | None = None) -> dict:
     """Summed loss and accuracy over the real (unmasked) examples of the batch."""
     logits = state.model.apply(state.variables, model_inputs(batch), train=False)
-    labels = batch["label"]
-    metrics = classification_metrics(
-        logits, labels, per_example_loss(logits, labels), example_weights(batch)
-    )
+    metrics = classification_metrics(logits, batch["label"], example_weights(batch))
     if axis_name is not None:
         metrics = lax.psum(metrics, axis_name)
     return metrics

@@ -1,0 +1,25 @@
+"""The only flag parsing: `python -m experiments.<name> --workdir DIR --config.key=value`."""
+
+from collections.abc import Callable
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+
+def run(get_config: Callable[[], ml_collections.ConfigDict]) -> None:
+    """Parses `--workdir` and `--config.*` overrides of `get_config()`, then trains."""
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
+    flags.mark_flag_as_required("workdir")
+    config_flags.DEFINE_config_dict("config", get_config(), "Experiment config.", lock_config=True)
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        from jdl import train_and_evaluate  # after flag parsing: keeps --help fast
+
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+
+        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+
+    app.run(main)

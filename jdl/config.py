@@ -1,0 +1,65 @@
+"""The shared config vocabulary of every experiment, and its validation."""
+
+from collections.abc import Mapping
+
+import ml_collections
+
+from jdl.parallel import MODES
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key the loop reads, with its default. Experiments override values, never add keys."""
+    c = ml_collections.ConfigDict()
+    # Data.
+    c.dataset = "digits"  # mnist | fashion_mnist | cifar10 (tfds) | digits | breast_cancer
+    c.data_dir = ml_collections.FieldReference(None, field_type=str)  # tfds data_dir
+    c.download = True  # let tfds download and prepare a missing dataset
+    c.batch_size = 128  # global: summed over all devices and processes
+    c.eval_batch_size = 512  # eval batches are padded and masked: every example counts once
+    c.data_on_device = False  # keep the train split on the device; one compiled call per epoch
+    c.steps_per_call = 1  # K > 1 runs K steps in one call (lax.scan over K stacked batches)
+    # Optimisation (see jdl.optimizers.make_optimizer).
+    c.num_epochs = 10
+    c.num_steps = ml_collections.FieldReference(None, field_type=int)  # overrides num_epochs
+    c.optimizer = "adam"  # sgd | momentum | nesterov | adam | adamw | adagrad | rmsprop
+    c.learning_rate = 1e-3  # peak learning rate
+    c.schedule = "constant"  # constant | cosine | warmup_cosine | exponential | step
+    c.warmup_steps = 0  # warmup_cosine only
+    c.decay_rate = 0.5  # exponential and step schedules
+    c.decay_every = 1000  # steps; exponential and step schedules
+    c.momentum = 0.9  # momentum and nesterov
+    c.weight_decay = 0.0  # decoupled; skips biases and normalisation scales
+    c.grad_clip_norm = 0.0  # global-norm clipping; 0 disables
+    c.label_smoothing = 0.0  # softmax cross-entropy only
+    # Model: `name` picks from jdl.models.MODELS, the other fields are its attributes.
+    c.model = ml_collections.ConfigDict({"name": "cnn"})
+    # Execution.
+    c.seed = 0
+    c.parallel = "jit"  # jit | sharded | pmap
+    # Reporting and checkpoints (intervals in steps; both also happen at every epoch's end).
+    c.log_every = 50
+    c.eval_every = 0  # 0: only at the end of each epoch
+    c.checkpoint_every = 0  # 0: only at the end of each epoch
+    c.keep_checkpoints = 3  # the last K, plus the best by best_metric
+    c.best_metric = "eval/accuracy"
+    c.early_stopping_patience = 0  # evaluations without improvement of best_metric; 0 disables
+    c.progress_bar = True
+    return c
+
+
+def validate_config(config: Mapping) -> ml_collections.ConfigDict:
+    """A copy of `config` on top of the defaults; unknown keys or bad values raise ValueError."""
+    merged = base_config()
+    unknown = sorted(set(config) - set(merged))
+    if unknown:
+        raise ValueError(f"Unknown config key(s) {unknown}; valid keys: {sorted(merged)}")
+    for key, value in dict(config).items():  # assignment: a given `model` replaces the default
+        merged[key] = value
+    if merged.parallel not in MODES:
+        raise ValueError(f"Unknown compile mode parallel={merged.parallel!r}; valid: {list(MODES)}")
+    for key in ("batch_size", "eval_batch_size", "steps_per_call", "log_every"):
+        if merged[key] < 1:
+            raise ValueError(f"Config {key} must be >= 1, got {merged[key]}")
+    if merged.num_steps is None and merged.num_epochs < 1:
+        raise ValueError(f"Config num_epochs must be >= 1, got {merged.num_epochs}")
+    return merged

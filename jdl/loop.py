@@ -1,0 +1,250 @@
+"""`train_and_evaluate(config, workdir)`: the one side-effecting training loop."""
+
+import dataclasses
+import functools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from jdl.checkpointing import Checkpointer
+from jdl.config import validate_config
+from jdl.data import Dataset, load_dataset
+from jdl.metrics import EarlyStopping, MetricWriter, check_finite, read_records
+from jdl.models import build_model
+from jdl.optimizers import make_optimizer
+from jdl.parallel import Strategy
+from jdl.plots import plot_curves
+from jdl.state import TrainState, count_params, create_train_state
+from jdl.steps import eval_step, train_step
+from jdl.steps.metrics import merge, summarize
+
+
+def evaluate(eval_fn, state: TrainState, dataset: Dataset, strategy: Strategy) -> dict:
+    """Mean eval metrics over every example of the eval split (padding masked out)."""
+    totals = None
+    for batch in dataset.eval_batches():
+        totals = merge(totals, eval_fn(state, strategy.put_batch(batch)))
+    return {f"eval/{k}": v for k, v in summarize(totals).items()}
+
+
+def _chunks(batches: Iterator[dict], k: int) -> Iterator[list[dict]]:
+    """Groups batches into lists of k (the last list may be shorter)."""
+    chunk = []
+    for batch in batches:
+        chunk.append(batch)
+        if len(chunk) == k:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _crossed(every: int, previous: int, step: int) -> bool:
+    """True when a multiple of `every` lies in (previous, step]; `every` 0 never fires."""
+    return bool(every) and step // every != previous // every
+
+
+def _stack(batches: list[dict]) -> dict:
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+class _Trainer:
+    """Runs one epoch's steps through the fastest compiled form the config allows."""
+
+    def __init__(self, config, strategy: Strategy, dataset: Dataset):
+        self.config, self.strategy, self.dataset = config, strategy, dataset
+        step = functools.partial(train_step, label_smoothing=config.label_smoothing)
+        self.single = strategy.compile_train(step)
+        if config.data_on_device:
+            self.epoch_fn = strategy.compile_train_epoch(step, config.batch_size)
+            self.resident = strategy.put_replicated(dataset.train_arrays())
+        elif config.steps_per_call > 1:
+            self.multi = strategy.compile_train_steps(step)
+
+    def run_epoch(self, state, epoch: int, start: int, rng) -> Iterator[tuple]:
+        """Yields (state, summed metrics, steps done) after each compiled call."""
+        if self.config.data_on_device and start == 0:
+            state, metrics = self.epoch_fn(state, self.resident, rng)
+            yield state, metrics, self.dataset.steps_per_epoch
+            return
+        k = self.config.steps_per_call if not self.config.data_on_device else 1
+        for chunk in _chunks(self.dataset.train_batches(epoch, start), k):
+            if len(chunk) == k and k > 1:
+                state, metrics = self.multi(
+                    state, self.strategy.put_batch(_stack(chunk), True), rng
+                )
+                yield state, metrics, k
+            else:  # singles: k == 1, the epoch's short tail, or a resumed on-device epoch
+                for batch in chunk:
+                    state, metrics = self.single(state, self.strategy.put_batch(batch), rng)
+                    yield state, metrics, 1
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run leaves in memory: the final state (on the host) and its metrics."""
+
+    state: TrainState
+    metrics: dict
+
+
+def load_config_dataset(config: ml_collections.ConfigDict) -> Dataset:
+    """The dataset a (validated) config names, batched for its global batch sizes."""
+    return load_dataset(
+        config.dataset,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        seed=config.seed,
+        data_dir=config.data_dir,
+        download=config.download,
+    )
+
+
+def total_train_steps(config: ml_collections.ConfigDict, dataset: Dataset) -> int:
+    return config.num_steps or config.num_epochs * dataset.steps_per_epoch
+
+
+def create_state(config: ml_collections.ConfigDict, dataset: Dataset) -> TrainState:
+    """The initial state: model sized to the data, optimizer scheduled over the whole run."""
+    info = dataset.info
+    # Two classes are one sigmoid logit; more are softmax logits.
+    model = build_model(config.model, 1 if info.num_classes == 2 else info.num_classes)
+    tx = make_optimizer(config, total_train_steps(config, dataset))
+    init_rng = jax.random.fold_in(jax.random.key(config.seed), 0)
+    return create_train_state(model, tx, info.input_shape, init_rng)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | Path, dataset: Dataset | None = None
+) -> TrainResult:
+    """Trains and evaluates a classifier as `config` says, resuming from `workdir` if it can.
+
+    `dataset` (e.g. `jdl.data.from_arrays(...)`) replaces the one `config.dataset` names.
+    Writes workdir/metrics.jsonl, TensorBoard events, checkpoints/ and curves.png.
+    """
+    config = validate_config(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    strategy = Strategy(config.parallel)
+    strategy.check_batch_size(config.batch_size)
+    strategy.check_batch_size(config.eval_batch_size)
+    dataset = dataset or load_config_dataset(config)
+    info, steps_per_epoch = dataset.info, dataset.steps_per_epoch
+    total_steps = total_train_steps(config, dataset)
+    num_epochs = -(-total_steps // steps_per_epoch)
+    state = create_state(config, dataset)
+
+    best_mode = "min" if config.best_metric.endswith("loss") else "max"
+    checkpointer = Checkpointer(
+        workdir / "checkpoints",
+        max_to_keep=config.keep_checkpoints,
+        best_metric=config.best_metric,
+        best_mode=best_mode,
+    )
+    writer = MetricWriter(workdir)
+    if checkpointer.latest_step() is not None:
+        state, _ = checkpointer.restore(state)
+        writer.truncate_after(int(state.step))
+        print(f"Resumed from {workdir / 'checkpoints'} at step {int(state.step)}.")
+    print(
+        f"{info.name}: {info.num_train} train / {info.num_eval} eval examples, "
+        f"{config.model.name} with {count_params(state.params):,} parameters, "
+        f"parallel={config.parallel} on {strategy.num_devices} device(s)."
+    )
+
+    state = strategy.put_replicated(state)
+    rng = strategy.put_replicated(jax.random.fold_in(jax.random.key(config.seed), 1))
+    trainer = _Trainer(config, strategy, dataset)
+    eval_fn = strategy.compile_eval(eval_step)
+    stopper = EarlyStopping(config.best_metric, config.early_stopping_patience, best_mode)
+
+    def save(state: TrainState, epoch: int, metrics: dict | None = None):
+        host_state = strategy.to_host(state)
+        checkpointer.save(
+            int(host_state.step), host_state, metadata={"epoch": epoch}, metrics=metrics, force=True
+        )
+
+    first_step = step = int(state.step)
+    window, window_start = None, step
+    eval_metrics: dict = {}
+    train_metrics: dict = {}
+    timed_examples, timed_seconds = 0, 0.0
+    start_time = time.perf_counter()
+    bar = tqdm(total=total_steps, initial=step, disable=not config.progress_bar, unit="step")
+    stop = False
+    try:
+        for epoch in range(step // steps_per_epoch + 1, num_epochs + 1):  # 1-based, as printed
+            start_in_epoch = step - (epoch - 1) * steps_per_epoch
+            call_start = time.perf_counter()
+            calls = trainer.run_epoch(state, epoch - 1, start_in_epoch, rng)
+            for state, metrics, done in calls:
+                previous, step = step, step + done
+                window = merge(window, metrics)
+                end_of_epoch = step % steps_per_epoch == 0 or step >= total_steps
+                evaluate_now = end_of_epoch or _crossed(config.eval_every, previous, step)
+                save_now = evaluate_now or _crossed(config.checkpoint_every, previous, step)
+                # Metrics are read (and checked for NaN) before anything is saved.
+                if save_now or _crossed(config.log_every, previous, step):
+                    train_metrics = {f"train/{k}": v for k, v in summarize(window).items()}
+                    check_finite(train_metrics["train/loss"], window_start + 1, step)
+                    elapsed = time.perf_counter() - call_start
+                    if window_start > first_step:  # the first window includes compilation
+                        timed_examples += (step - window_start) * config.batch_size
+                        timed_seconds += elapsed
+                    speed = (step - window_start) * config.batch_size / max(elapsed, 1e-9)
+                    writer.write(step, epoch, {**train_metrics, "train/examples_per_sec": speed})
+                    bar.set_postfix(loss=f"{train_metrics['train/loss']:.4f}", ex_s=f"{speed:,.0f}")
+                    window, window_start = None, step
+                bar.update(done)
+                if evaluate_now:
+                    eval_metrics = evaluate(eval_fn, state, dataset, strategy)
+                    writer.write(step, epoch, eval_metrics)
+                    shown = {**train_metrics, **eval_metrics}
+                    bar.write(
+                        f"epoch {epoch} step {step}: "
+                        + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
+                    )
+                    stop = stopper.update(eval_metrics)
+                if save_now:
+                    save(state, epoch, eval_metrics if evaluate_now else None)
+                if window is None:  # time training only, not reading back, evaluating, saving
+                    call_start = time.perf_counter()
+                if stop or step >= total_steps:
+                    break
+            if stop or step >= total_steps:
+                break
+        if not eval_metrics:  # nothing left to train (a finished workdir): still report
+            eval_metrics = evaluate(eval_fn, state, dataset, strategy)
+    finally:
+        bar.close()
+        checkpointer.close()
+        writer.close()
+
+    wall = time.perf_counter() - start_time
+    throughput = timed_examples / timed_seconds if timed_seconds else float("nan")
+    summary = {
+        **train_metrics,
+        **eval_metrics,
+        "step": step,
+        "examples_per_sec": throughput,
+        "wall_time_s": wall,
+        "early_stopped": stop,
+    }
+    if jax.process_index() == 0:
+        plot_curves(
+            read_records(writer.path),
+            workdir / "curves.png",
+            title=f"{config.model.name} on {info.name}",
+        )
+    print(
+        f"Done{' (early stop)' if stop else ''}: "
+        f"eval accuracy {summary['eval/accuracy']:.4f}, eval loss {summary['eval/loss']:.4f}, "
+        f"{throughput:,.0f} train examples/s, {wall:.1f} s wall time, step {step}. "
+        f"Workdir: {workdir}"
+    )
+    return TrainResult(state=strategy.to_host(state), metrics=summary)

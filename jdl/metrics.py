@@ -1,0 +1,95 @@
+"""What a person reads: JSON lines, TensorBoard events, early stopping, the NaN guard."""
+
+import json
+import math
+from pathlib import Path
+
+import jax
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricWriter:
+    """Appends `{"step", "epoch", "<split>/<name>": value}` records to workdir/metrics.jsonl
+    and the same scalars to TensorBoard. Only process 0 writes; other processes no-op."""
+
+    def __init__(self, workdir: str | Path, enabled: bool | None = None):
+        self.path = Path(workdir) / METRICS_FILE
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._tensorboard = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {
+            "step": int(step),
+            "epoch": int(epoch),
+            **{k: float(v) for k, v in metrics.items()},
+        }
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for name, value in metrics.items():
+            self._tensorboard.add_scalar(name, value, step)
+
+    def truncate_after(self, step: int) -> None:
+        """Drops records past `step`: a resumed run rewrites what the lost steps had logged."""
+        if self.enabled and self.path.exists():
+            kept = [r for r in read_records(self.path) if r["step"] <= step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """All records of a metrics.jsonl file, in order."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+def check_finite(loss: float, first_step: int, last_step: int) -> None:
+    """Raises NonFiniteLossError naming the steps whose summed loss was not finite."""
+    if not math.isfinite(loss):
+        span = last_step - first_step + 1
+        where = (
+            f"step {last_step}"
+            if span == 1
+            else (f"steps {first_step}-{last_step} (metrics are read once per {span} steps)")
+        )
+        raise NonFiniteLossError(
+            f"Training loss became {loss} at {where}; the last checkpoint before it is kept. "
+            "Lower the learning rate or enable grad_clip_norm."
+        )
+
+
+class EarlyStopping:
+    """Stops when `metric` has not improved for `patience` evaluations (0 disables)."""
+
+    def __init__(self, metric: str, patience: int, mode: str = "max"):
+        if mode not in ("max", "min"):
+            raise ValueError(f"Early-stopping mode must be 'max' or 'min', not {mode!r}")
+        self.metric, self.patience, self.mode = metric, patience, mode
+        self.best: float | None = None
+        self.bad_evals = 0
+
+    def update(self, metrics: dict[str, float]) -> bool:
+        """Records one evaluation; True when training should stop."""
+        if self.patience <= 0 or self.metric not in metrics:
+            return False
+        value = metrics[self.metric]
+        improved = self.best is None or (
+            value > self.best if self.mode == "max" else value < self.best
+        )
+        if improved:
+            self.best, self.bad_evals = value, 0
+        else:
+            self.bad_evals += 1
+        return self.bad_evals >= self.patience

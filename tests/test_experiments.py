@@ -1,0 +1,76 @@
+"""The experiment scripts: configs, the tfds path under mock data, and the command line."""
+
+import subprocess
+import sys
+
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments import binary_mlp, digits_cnn, mnist_cnn, mnist_mlp
+from jdl import train_and_evaluate
+from jdl.config import validate_config
+from jdl.metrics import read_records
+from jdl.state import count_params
+
+EXPERIMENTS = [mnist_cnn, mnist_mlp, binary_mlp, digits_cnn]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda e: e.__name__)
+def test_every_config_uses_only_the_shared_vocabulary(experiment):
+    validate_config(experiment.get_config())
+
+
+@pytest.mark.parametrize(
+    ("experiment", "dataset", "num_params"),
+    [
+        # Conv 3*3*1*32+32, conv 3*3*32*64+64, dense 5*5*64*10+10.
+        (mnist_cnn, "mnist", 320 + 18_496 + 16_010),
+        # Same convs on 3 channels: 3*3*3*32+32; 32x32 -> 30 -> 15 -> 13 -> 6: dense 6*6*64*10+10.
+        (mnist_cnn, "cifar10", 896 + 18_496 + 23_050),
+        (mnist_mlp, "fashion_mnist", 784 * 256 + 256 + 256 * 10 + 10),
+    ],
+)
+def test_experiment_runs_end_to_end_on_mock_tfds(tmp_path, experiment, dataset, num_params):
+    config = experiment.get_config()
+    config.update(
+        dataset=dataset,
+        num_epochs=1,
+        batch_size=32,
+        eval_batch_size=48,
+        warmup_steps=2,
+        log_every=2,
+        progress_bar=False,
+        data_dir=str(tmp_path / "tfds"),
+    )
+    with tfds.testing.mock_data(num_examples=160):
+        result = train_and_evaluate(config, tmp_path / "run")
+    assert count_params(result.state.params) == num_params
+    assert result.metrics["step"] == 160 // 32
+    assert 0.0 <= result.metrics["eval/accuracy"] <= 1.0
+    records = read_records(tmp_path / "run" / "metrics.jsonl")
+    assert records[-1]["eval/loss"] == pytest.approx(result.metrics["eval/loss"])
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.binary_mlp", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_command_line_trains_with_overrides_and_resumes(tmp_path):
+    workdir = str(tmp_path / "binary")
+    first = run_cli(f"--workdir={workdir}", "--config.num_epochs=30", "--config.progress_bar=False")
+    assert first.returncode == 0, first.stderr
+    assert "Done: eval accuracy 0.9" in first.stdout
+    again = run_cli(f"--workdir={workdir}", "--config.num_epochs=30", "--config.progress_bar=False")
+    assert again.returncode == 0, again.stderr
+    assert "Resumed from" in again.stdout and "step 420" in again.stdout
+
+
+def test_command_line_rejects_an_unknown_config_key(tmp_path):
+    result = run_cli(f"--workdir={tmp_path}", "--config.learning_rat=0.1")
+    assert result.returncode != 0
+    assert "learning_rat" in result.stderr
