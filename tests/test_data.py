@@ -2,6 +2,7 @@
 validation, and the tfds load / prepare / unavailable paths (all offline)."""
 
 import functools
+import socket
 
 import numpy as np
 import pytest
@@ -293,3 +294,13 @@ def test_missing_tfds_dataset_explains_what_to_do(tmp_path):
     assert isinstance(error.value, RuntimeError)
     for expected in ("'mnist'", str(tmp_path), "tfds build mnist", "'digits'", "'breast_cancer'"):
         assert expected in message
+
+
+def test_offline_download_fails_with_the_reason(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise socket.gaierror("offline")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    with pytest.raises(DatasetUnavailableError, match="download_and_prepare failed") as error:
+        load_dataset("mnist", **BATCHING, data_dir=str(tmp_path), download=True)
+    assert str(tmp_path) in str(error.value) and "'digits'" in str(error.value)

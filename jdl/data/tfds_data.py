@@ -4,6 +4,7 @@ The only jdl module that imports TensorFlow, on first use (the import takes seco
 with accelerators hidden from it: TensorFlow only reads data, JAX owns the devices.
 """
 
+import contextlib
 import functools
 from collections.abc import Iterator
 
@@ -35,6 +36,22 @@ def _unavailable_message(name: str, data_dir_root, reason: str) -> str:
     )
 
 
+DOWNLOAD_RETRIES = 3  # tfds's default of 10, with backoff, keeps an offline machine ~3 min
+
+
+@contextlib.contextmanager
+def _few_download_retries():
+    """Lowers tfds's per-request download retries, so a machine offline fails in seconds."""
+    from tensorflow_datasets.core.download import downloader
+
+    default = downloader.MAX_RETRIES
+    downloader.MAX_RETRIES = min(default, DOWNLOAD_RETRIES)
+    try:
+        yield
+    finally:
+        downloader.MAX_RETRIES = default
+
+
 def prepared_builder(name: str, data_dir: str | None = None, download: bool = True):
     """The tfds builder of `name` in `data_dir` (tfds's default if None), prepared.
 
@@ -49,7 +66,8 @@ def prepared_builder(name: str, data_dir: str | None = None, download: bool = Tr
         reason = "it has not been prepared there and download=False"
         raise DatasetUnavailableError(_unavailable_message(name, builder.data_dir_root, reason))
     try:
-        builder.download_and_prepare()
+        with _few_download_retries():
+            builder.download_and_prepare()
     except Exception as err:
         reason = f"download_and_prepare failed with {type(err).__name__}: {err}"
         raise DatasetUnavailableError(
