@@ -106,10 +106,11 @@ def test_reference_training_moves_every_parameter_and_statistic(model_name):
         assert not np.allclose(old, new)
 
 
+@pytest.mark.parametrize("unroll", [True, False], ids=["unrolled", "lax.scan"])
 @pytest.mark.parametrize("mode", MODES)
-def test_k_steps_in_one_call_equal_k_single_steps(mode):
+def test_k_steps_in_one_call_equal_k_single_steps(mode, unroll):
     strategy = Strategy(mode)
-    steps = strategy.compile_train_steps(train_step)
+    steps = strategy.compile_train_steps(train_step, unroll=unroll)
     state = strategy.put_replicated(initial_state("mlp"))
     batches = strategy.put_batch(stack(host_batches("mlp", NUM_STEPS)), stacked=True)
     state, metrics = steps(state, batches, strategy.put_replicated(jax.random.key(5)))

@@ -81,10 +81,13 @@ class Strategy:
         """(state, batch, rng) -> (state, metrics), state donated."""
         return self._compile(functools.partial(step, **step_kwargs), batch_spec=P(DATA_AXIS))
 
-    def compile_train_steps(self, step: Callable, **step_kwargs) -> Callable:
-        """(state, batches_KxB, rng) -> (state, metrics summed over K): K steps per call."""
+    def compile_train_steps(self, step: Callable, unroll: bool = True, **step_kwargs) -> Callable:
+        """(state, batches_KxB, rng) -> (state, metrics summed over K): K steps per call.
+
+        `unroll` (see `scan_steps`) trades compile time, which grows with K, for speed.
+        """
         step = functools.partial(step, **step_kwargs)
-        return self._compile(scan_steps(step), batch_spec=P(None, DATA_AXIS))
+        return self._compile(scan_steps(step, unroll), batch_spec=P(None, DATA_AXIS))
 
     def compile_train_epoch(self, step: Callable, batch_size: int, **step_kwargs) -> Callable:
         """(state, data, rng) -> (state, metrics): one epoch over replicated resident data."""
