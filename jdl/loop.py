@@ -241,10 +241,14 @@ def train_and_evaluate(
             workdir / "curves.png",
             title=f"{config.model.name} on {info.name}",
         )
+    speed = (
+        f"{throughput:,.0f} train examples/s after compilation"
+        if timed_seconds
+        else "too few steps to time after compilation"
+    )
     print(
         f"Done{' (early stop)' if stop else ''}: "
         f"eval accuracy {summary['eval/accuracy']:.4f}, eval loss {summary['eval/loss']:.4f}, "
-        f"{throughput:,.0f} train examples/s, {wall:.1f} s wall time, step {step}. "
-        f"Workdir: {workdir}"
+        f"{speed}, {wall:.1f} s wall time, step {step}. Workdir: {workdir}"
     )
     return TrainResult(state=strategy.to_host(state), metrics=summary)
