@@ -31,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.weight_decay = 0.0  # decoupled; skips biases and normalisation scales
     c.grad_clip_norm = 0.0  # global-norm clipping; 0 disables
     c.label_smoothing = 0.0  # softmax cross-entropy only
+    c.augment_shift = 0  # random translation of training images by up to this many pixels
     # Model: `name` picks from jdl.models.MODELS, the other fields are its attributes.
     c.model = ml_collections.ConfigDict({"name": "cnn"})
     # Execution.

@@ -58,7 +58,9 @@ class _Trainer:
 
     def __init__(self, config, strategy: Strategy, dataset: Dataset):
         self.config, self.strategy, self.dataset = config, strategy, dataset
-        step = functools.partial(train_step, label_smoothing=config.label_smoothing)
+        step = functools.partial(
+            train_step, label_smoothing=config.label_smoothing, max_shift=config.augment_shift
+        )
         self.single = strategy.compile_train(step)
         if config.data_on_device:
             self.epoch_fn = strategy.compile_train_epoch(step, config.batch_size)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jdl import losses
+from jdl.augment import random_translate
 from jdl.state import TrainState
 
 INPUT_KEYS = ("image", "features")
@@ -73,23 +74,31 @@ def train_step(
     *,
     axis_name: str | None = None,
     label_smoothing: float = 0.0,
+    max_shift: int = 0,
 ) -> tuple[TrainState, dict]:
-    """One gradient step on the (weighted) mean loss of the batch."""
+    """One gradient step on the (weighted) mean loss of the batch.
+
+    `max_shift` > 0 translates each training image by up to that many pixels.
+    """
     rng = jax.random.fold_in(rng, state.step)
     if axis_name is not None:
-        # Different dropout masks on each device, as for one big batch.
+        # Different dropout masks and shifts on each device, as for one big batch.
         rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
     model = bind_axis(state.model, axis_name)
     labels = batch["label"]
     weights_B = example_weights(batch)
+    dropout_rng, augment_rng = jax.random.split(rng)
+    inputs = model_inputs(batch)
+    if max_shift:
+        inputs = random_translate(augment_rng, inputs, max_shift)
 
     def loss_fn(params):
         variables = {**state.variables, "params": params}
         logits, updates = model.apply(
             variables,
-            model_inputs(batch),
+            inputs,
             train=True,
-            rngs={"dropout": rng},
+            rngs={"dropout": dropout_rng},
             mutable=["batch_stats"],
         )
         per_example = per_example_loss(logits, labels, label_smoothing)
