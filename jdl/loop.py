@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,20 +69,23 @@ class _Trainer:
         elif config.steps_per_call > 1:
             self.multi = strategy.compile_train_steps(step)
 
-    def run_epoch(self, state, epoch: int, start: int, rng) -> Iterator[tuple]:
-        """Yields (state, summed metrics, steps done) after each compiled call."""
-        if self.config.data_on_device and start == 0:
+    def run_epoch(self, state, epoch: int, start: int, end: int, rng) -> Iterator[tuple]:
+        """Runs steps [start, end) of `epoch`, yielding (state, summed metrics, steps done)
+        after each compiled call."""
+        whole_epoch = start == 0 and end == self.dataset.steps_per_epoch
+        if self.config.data_on_device and whole_epoch:
             state, metrics = self.epoch_fn(state, self.resident, rng)
-            yield state, metrics, self.dataset.steps_per_epoch
+            yield state, metrics, end
             return
         k = self.config.steps_per_call if not self.config.data_on_device else 1
-        for chunk in _chunks(self.dataset.train_batches(epoch, start), k):
+        batches = itertools.islice(self.dataset.train_batches(epoch, start), end - start)
+        for chunk in _chunks(batches, k):
             if len(chunk) == k and k > 1:
                 state, metrics = self.multi(
                     state, self.strategy.put_batch(_stack(chunk), True), rng
                 )
                 yield state, metrics, k
-            else:  # singles: k == 1, the epoch's short tail, or a resumed on-device epoch
+            else:  # singles: k == 1, a short tail, or part of an on-device epoch
                 for batch in chunk:
                     state, metrics = self.single(state, self.strategy.put_batch(batch), rng)
                     yield state, metrics, 1
@@ -181,9 +185,10 @@ def train_and_evaluate(
     stop = False
     try:
         for epoch in range(step // steps_per_epoch + 1, num_epochs + 1):  # 1-based, as printed
-            start_in_epoch = step - (epoch - 1) * steps_per_epoch
+            epoch_start = (epoch - 1) * steps_per_epoch
+            end_in_epoch = min(steps_per_epoch, total_steps - epoch_start)
             call_start = time.perf_counter()
-            calls = trainer.run_epoch(state, epoch - 1, start_in_epoch, rng)
+            calls = trainer.run_epoch(state, epoch - 1, step - epoch_start, end_in_epoch, rng)
             for state, metrics, done in calls:
                 previous, step = step, step + done
                 window = merge(window, metrics)
@@ -216,9 +221,9 @@ def train_and_evaluate(
                     save(state, epoch, eval_metrics if evaluate_now else None)
                 if window is None:  # time training only, not reading back, evaluating, saving
                     call_start = time.perf_counter()
-                if stop or step >= total_steps:
+                if stop:
                     break
-            if stop or step >= total_steps:
+            if stop:
                 break
         if not eval_metrics:  # nothing left to train (a finished workdir): still report
             eval_metrics = evaluate(eval_fn, state, dataset, strategy)

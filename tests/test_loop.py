@@ -123,6 +123,15 @@ def test_k_steps_per_call_equals_one_step_per_call(tmp_path):
     assert four.metrics["train/loss"] == pytest.approx(one.metrics["train/loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("data_on_device", [False, True])
+def test_num_steps_can_end_mid_epoch(tmp_path, data_on_device):
+    result = train_and_evaluate(
+        small_config(num_steps=30, steps_per_call=4, data_on_device=data_on_device), tmp_path
+    )
+    assert result.metrics["step"] == int(result.state.step) == 30  # 22 + 8 of epoch 2
+    assert read_records(tmp_path / "metrics.jsonl")[-1]["epoch"] == 2
+
+
 def test_epoch_on_device_trains_as_well(tmp_path):
     result = train_and_evaluate(small_config(data_on_device=True, parallel="sharded"), tmp_path)
     assert result.metrics["step"] == 3 * 22
