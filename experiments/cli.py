@@ -1,5 +1,6 @@
 """The only flag parsing: `python -m experiments.<name> --workdir DIR --config.key=value`."""
 
+import sys
 from collections.abc import Callable
 
 import ml_collections
@@ -16,10 +17,15 @@ def run(get_config: Callable[[], ml_collections.ConfigDict]) -> None:
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-        from jdl import train_and_evaluate  # after flag parsing: keeps --help fast
+        # Imported after flag parsing, so that --help answers at once.
+        from jdl import train_and_evaluate
+        from jdl.preemption import PREEMPTED_EXIT_CODE, PreemptedError
 
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-
-        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+        try:
+            train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+        except PreemptedError as preempted:
+            print(preempted, file=sys.stderr)
+            sys.exit(PREEMPTED_EXIT_CODE)
 
     app.run(main)

@@ -7,13 +7,24 @@ loop is the schedule (warmup then cosine decay to zero over the 3 epochs),
 smaller batches (more updates per epoch), decoupled weight decay and label smoothing.
 """
 
+import ml_collections
+
 from jdl.config import base_config
 
 
 def get_config():
     c = base_config()
     c.dataset = "mnist"  # mnist | fashion_mnist | cifar10 | digits
-    c.model.name = "cnn"  # widths (32, 64), 3x3 valid convs, 2x2 max pools, Dense(classes)
+    c.model = ml_collections.ConfigDict(
+        {
+            "name": "cnn",
+            "widths": (32, 64),  # one 3x3 valid conv + 2x2 max pool per width
+            "activation": "relu",  # relu | tanh | sigmoid | leaky_relu | gelu | prelu
+            "batch_norm": False,
+            "dropout_rate": 0.0,  # before the output layer
+            "dense_size": ml_collections.FieldReference(None, field_type=int),  # extra layer
+        }
+    )
     c.num_epochs = 3
     c.batch_size = 64
     c.optimizer = "adamw"

@@ -37,6 +37,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Execution.
     c.seed = 0
     c.parallel = "jit"  # jit | sharded | pmap
+    # Multiple processes (jax.distributed): each process reads its own shard of the data.
+    c.distributed = False  # initialise jax.distributed; None fields below are auto-detected
+    c.coordinator_address = ml_collections.FieldReference(None, field_type=str)  # "host:port"
+    c.num_processes = ml_collections.FieldReference(None, field_type=int)
+    c.process_id = ml_collections.FieldReference(None, field_type=int)
+    c.time_budget_s = 0.0  # stop and save before this many seconds have passed; 0: no limit
     # Reporting and checkpoints (intervals in steps; both also happen at every epoch's end).
     c.log_every = 50
     c.eval_every = 0  # 0: only at the end of each epoch

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from jdl import distributed
 from jdl.checkpointing import Checkpointer
 from jdl.config import validate_config
 from jdl.data import Dataset, load_dataset
@@ -20,6 +21,7 @@ from jdl.models import build_model
 from jdl.optimizers import make_optimizer
 from jdl.parallel import Strategy
 from jdl.plots import plot_curves
+from jdl.preemption import PreemptedError, StopRequests
 from jdl.state import TrainState, count_params, create_train_state
 from jdl.steps import eval_step, train_step
 from jdl.steps.metrics import merge, summarize
@@ -91,6 +93,46 @@ class _Trainer:
                     yield state, metrics, 1
 
 
+class _Window:
+    """Train metrics and wall time of the steps since the last read-back."""
+
+    def __init__(self, step: int, batch_size: int):
+        self.first_step, self.start, self.batch_size = step, step, batch_size
+        self.sums = None
+        self.clock = time.perf_counter()
+        self.timed_examples, self.timed_seconds = 0, 0.0
+
+    def add(self, metrics) -> None:
+        self.sums = merge(self.sums, metrics)
+
+    def read(self, step: int) -> tuple[dict, float]:
+        """Mean train metrics (NaN-checked) and examples/s since the last read; resets."""
+        metrics = {f"train/{k}": v for k, v in summarize(self.sums).items()}
+        check_finite(metrics["train/loss"], self.start + 1, step)
+        seconds = time.perf_counter() - self.clock
+        examples = (step - self.start) * self.batch_size
+        if self.start > self.first_step:  # the first window includes compilation
+            self.timed_examples += examples
+            self.timed_seconds += seconds
+        self.sums, self.start = None, step
+        self.restart_clock()
+        return metrics, examples / max(seconds, 1e-9)
+
+    def restart_clock(self) -> None:
+        """Starts timing anew: evaluating and saving do not count as training time."""
+        self.clock = time.perf_counter()
+
+    @property
+    def throughput(self) -> float | None:
+        return self.timed_examples / self.timed_seconds if self.timed_seconds else None
+
+
+def _say(message: str) -> None:
+    """Prints on process 0 only, through tqdm so that a progress bar stays intact."""
+    if jax.process_index() == 0:
+        tqdm.write(message)
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What a run leaves in memory: the final state (on the host) and its metrics."""
@@ -131,9 +173,13 @@ def train_and_evaluate(
     """Trains and evaluates a classifier as `config` says, resuming from `workdir` if it can.
 
     `dataset` (e.g. `jdl.data.from_arrays(...)`) replaces the one `config.dataset` names.
-    Writes workdir/metrics.jsonl, TensorBoard events, checkpoints/ and curves.png.
+    Writes workdir/metrics.jsonl, TensorBoard events, checkpoints/ and curves.png. Raises
+    `PreemptedError`, after saving, on SIGTERM / SIGINT or when `time_budget_s` runs out.
     """
     config = validate_config(config)
+    distributed.initialize(
+        config.distributed, config.coordinator_address, config.num_processes, config.process_id
+    )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     strategy = Strategy(config.parallel)
@@ -156,8 +202,8 @@ def train_and_evaluate(
     if checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(state)
         writer.truncate_after(int(state.step))
-        print(f"Resumed from {workdir / 'checkpoints'} at step {int(state.step)}.")
-    print(
+        _say(f"Resumed from {workdir / 'checkpoints'} at step {int(state.step)}.")
+    _say(
         f"{info.name}: {info.num_train} train / {info.num_eval} eval examples, "
         f"{config.model.name} with {count_params(state.params):,} parameters, "
         f"parallel={config.parallel} on {strategy.num_devices} device(s)."
@@ -175,56 +221,68 @@ def train_and_evaluate(
             int(host_state.step), host_state, metadata={"epoch": epoch}, metrics=metrics, force=True
         )
 
-    first_step = step = int(state.step)
-    window, window_start = None, step
+    step = int(state.step)
+    window = _Window(step, config.batch_size)
     eval_metrics: dict = {}
     train_metrics: dict = {}
-    timed_examples, timed_seconds = 0, 0.0
     start_time = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step, disable=not config.progress_bar, unit="step")
-    stop = False
+    show_bar = config.progress_bar and jax.process_index() == 0
+    bar = tqdm(total=total_steps, initial=step, disable=not show_bar, unit="step")
+    early_stop, interrupted, longest_call = False, None, 0.0
+    stop_requests = StopRequests(config.time_budget_s)
     try:
-        for epoch in range(step // steps_per_epoch + 1, num_epochs + 1):  # 1-based, as printed
-            epoch_start = (epoch - 1) * steps_per_epoch
-            end_in_epoch = min(steps_per_epoch, total_steps - epoch_start)
-            call_start = time.perf_counter()
-            calls = trainer.run_epoch(state, epoch - 1, step - epoch_start, end_in_epoch, rng)
-            for state, metrics, done in calls:
-                previous, step = step, step + done
-                window = merge(window, metrics)
-                end_of_epoch = step % steps_per_epoch == 0 or step >= total_steps
-                evaluate_now = end_of_epoch or _crossed(config.eval_every, previous, step)
-                save_now = evaluate_now or _crossed(config.checkpoint_every, previous, step)
-                # Metrics are read (and checked for NaN) before anything is saved.
-                if save_now or _crossed(config.log_every, previous, step):
-                    train_metrics = {f"train/{k}": v for k, v in summarize(window).items()}
-                    check_finite(train_metrics["train/loss"], window_start + 1, step)
-                    elapsed = time.perf_counter() - call_start
-                    if window_start > first_step:  # the first window includes compilation
-                        timed_examples += (step - window_start) * config.batch_size
-                        timed_seconds += elapsed
-                    speed = (step - window_start) * config.batch_size / max(elapsed, 1e-9)
-                    writer.write(step, epoch, {**train_metrics, "train/examples_per_sec": speed})
-                    bar.set_postfix(loss=f"{train_metrics['train/loss']:.4f}", ex_s=f"{speed:,.0f}")
-                    window, window_start = None, step
-                bar.update(done)
-                if evaluate_now:
-                    eval_metrics = evaluate(eval_fn, state, dataset, strategy)
-                    writer.write(step, epoch, eval_metrics)
-                    shown = {**train_metrics, **eval_metrics}
-                    bar.write(
-                        f"epoch {epoch} step {step}: "
-                        + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
+        with stop_requests:
+            for epoch in range(step // steps_per_epoch + 1, num_epochs + 1):  # 1-based
+                epoch_start = (epoch - 1) * steps_per_epoch
+                end_in_epoch = min(steps_per_epoch, total_steps - epoch_start)
+                calls = trainer.run_epoch(state, epoch - 1, step - epoch_start, end_in_epoch, rng)
+                call_start = time.perf_counter()
+                for state, metrics, done in calls:
+                    longest_call = max(longest_call, time.perf_counter() - call_start)
+                    previous, step = step, step + done
+                    window.add(metrics)
+                    end_of_epoch = step % steps_per_epoch == 0 or step >= total_steps
+                    evaluate_now = end_of_epoch or _crossed(config.eval_every, previous, step)
+                    interrupted = (
+                        None if step >= total_steps else stop_requests.reason(longest_call)
                     )
-                    stop = stopper.update(eval_metrics)
-                if save_now:
-                    save(state, epoch, eval_metrics if evaluate_now else None)
-                if window is None:  # time training only, not reading back, evaluating, saving
+                    save_now = (
+                        evaluate_now
+                        or bool(interrupted)
+                        or _crossed(config.checkpoint_every, previous, step)
+                    )
+                    # Metrics are read (and checked for NaN) before anything is saved.
+                    if save_now or _crossed(config.log_every, previous, step):
+                        train_metrics, speed = window.read(step)
+                        writer.write(
+                            step, epoch, {**train_metrics, "train/examples_per_sec": speed}
+                        )
+                        bar.set_postfix(
+                            loss=f"{train_metrics['train/loss']:.4f}", ex_s=f"{speed:,.0f}"
+                        )
+                    bar.update(done)
+                    if evaluate_now:
+                        eval_metrics = evaluate(eval_fn, state, dataset, strategy)
+                        writer.write(step, epoch, eval_metrics)
+                        shown = {**train_metrics, **eval_metrics}
+                        _say(
+                            f"epoch {epoch} step {step}: "
+                            + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
+                        )
+                        early_stop = stopper.update(eval_metrics)
+                    if save_now:
+                        save(state, epoch, eval_metrics if evaluate_now else None)
+                        window.restart_clock()
+                    if early_stop or interrupted:
+                        break
                     call_start = time.perf_counter()
-                if stop:
+                if early_stop or interrupted:
                     break
-            if stop:
-                break
+        if interrupted:
+            raise PreemptedError(
+                f"Preempted at step {step} ({interrupted}); checkpoint saved in "
+                f"{workdir / 'checkpoints'}. Run the same command again to continue."
+            )
         if not eval_metrics:  # nothing left to train (a finished workdir): still report
             eval_metrics = evaluate(eval_fn, state, dataset, strategy)
     finally:
@@ -233,14 +291,13 @@ def train_and_evaluate(
         writer.close()
 
     wall = time.perf_counter() - start_time
-    throughput = timed_examples / timed_seconds if timed_seconds else float("nan")
     summary = {
         **train_metrics,
         **eval_metrics,
         "step": step,
-        "examples_per_sec": throughput,
+        "examples_per_sec": window.throughput or float("nan"),
         "wall_time_s": wall,
-        "early_stopped": stop,
+        "early_stopped": early_stop,
     }
     if jax.process_index() == 0:
         plot_curves(
@@ -249,12 +306,12 @@ def train_and_evaluate(
             title=f"{config.model.name} on {info.name}",
         )
     speed = (
-        f"{throughput:,.0f} train examples/s after compilation"
-        if timed_seconds
+        f"{window.throughput:,.0f} train examples/s after compilation"
+        if window.throughput
         else "too few steps to time after compilation"
     )
-    print(
-        f"Done{' (early stop)' if stop else ''}: "
+    _say(
+        f"Done{' (early stop)' if early_stop else ''}: "
         f"eval accuracy {summary['eval/accuracy']:.4f}, eval loss {summary['eval/loss']:.4f}, "
         f"{speed}, {wall:.1f} s wall time, step {step}. Workdir: {workdir}"
     )

@@ -128,17 +128,10 @@ def test_processes_split_the_data_between_them(make_id_dataset):
     eval_ids = np.concatenate([batch_ids(real_examples(batches)) for batches in eval_batches])
     np.testing.assert_array_equal(np.sort(eval_ids), EVAL_IDS)
 
-    shard_ids = []
-    for index, shard in enumerate(shards):
-        local_ids = batch_ids(shard.train_arrays())
-        start, end = shard_bounds(45, index, 2)
-        assert len(local_ids) == end - start  # the same cut as tfds.even_splits
+    for shard in shards:
         batches = list(shard.train_batches(0))
         assert len(batches) == shard.steps_per_epoch == 5
         assert all(len(batch["label"]) == 4 for batch in batches)
-        assert set(np.concatenate([batch_ids(b) for b in batches])) <= set(local_ids)
-        shard_ids.append(local_ids)
-    np.testing.assert_array_equal(np.sort(np.concatenate(shard_ids)), TRAIN_IDS)
 
     # Batch size 2: the 23-example shard holds 23 local batches, but an epoch is 45 // 2.
     for index in range(2):
@@ -148,6 +141,39 @@ def test_processes_split_the_data_between_them(make_id_dataset):
             process_count=2,
         )
         assert len(list(shard.train_batches(0))) == 22
+
+
+TWO_PROCESS_BATCHING = {**BATCHING, "eval_batch_size": 4}
+
+
+def test_tfds_processes_read_disjoint_train_shards(tiny_tfds_dir):
+    shard_ids = []
+    for index in range(2):
+        shard = load_tfds(
+            "jdl_tiny_images",
+            data_dir=tiny_tfds_dir,
+            **TWO_PROCESS_BATCHING,
+            process_index=index,
+            process_count=2,
+        )
+        local_ids = batch_ids(shard.train_arrays())
+        start, end = shard_bounds(45, index, 2)
+        assert len(local_ids) == end - start  # the same cut as tfds.even_splits
+        batches = list(shard.train_batches(0))
+        assert set(np.concatenate([batch_ids(b) for b in batches])) <= set(local_ids)
+        shard_ids.append(local_ids)
+    np.testing.assert_array_equal(np.sort(np.concatenate(shard_ids)), TRAIN_IDS)
+
+
+def test_array_processes_take_their_slice_of_the_single_process_batches():
+    whole = epoch_ids(id_arrays_dataset(**TWO_PROCESS_BATCHING), epoch=1)
+    slices = [
+        epoch_ids(
+            id_arrays_dataset(**TWO_PROCESS_BATCHING, process_index=i, process_count=2), epoch=1
+        )
+        for i in range(2)
+    ]
+    assert [a + b for a, b in zip(*slices, strict=True)] == whole
 
 
 def test_train_arrays_hold_the_whole_local_split(make_id_dataset):

@@ -13,19 +13,25 @@ def _local_shard(split: Batch, process_index: int, process_count: int) -> Batch:
 
 
 class ArrayDataset(Dataset):
-    """A dataset held in numpy arrays; each process keeps only its contiguous shard."""
+    """A dataset held in numpy arrays.
+
+    Every process holds the arrays, shuffles the whole train split the same way and takes
+    its slice of each global batch, so N processes train on exactly the batches of one.
+    Eval examples are split into contiguous per-process shards (their sums are merged).
+    """
 
     def __init__(self, info: DatasetInfo, train: Batch, eval_split: Batch, **batching):
         super().__init__(info, **batching)
-        self._train = _local_shard(train, self.process_index, self.process_count)
+        self._train = train
         self._eval = _local_shard(eval_split, self.process_index, self.process_count)
 
     def _train_batches(self, epoch: int, start_step: int) -> Iterator[Batch]:
         rng = np.random.default_rng(epoch_seed(self.seed, epoch))
         order = rng.permutation(len(self._train["label"]))
-        size = self.local_batch_size
+        size, local = self.batch_size, self.local_batch_size
+        offset = self.process_index * local
         for step in range(start_step, self.steps_per_epoch):
-            indices = order[step * size : (step + 1) * size]
+            indices = order[step * size + offset : step * size + offset + local]
             yield {key: value[indices] for key, value in self._train.items()}
 
     def _unpadded_eval_batches(self) -> Iterator[Batch]:

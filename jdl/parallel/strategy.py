@@ -23,12 +23,25 @@ DATA_AXIS = "data"
 PMAP_AXIS = "batch"
 
 
+def _put_global(x, sharding: NamedSharding) -> jax.Array:
+    """A global array over devices of several processes, from this process's copy."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _put_global(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+
 class Strategy:
     """Placement and compilation for one of `MODES`, over all (global) devices."""
 
     def __init__(self, mode: str, devices=None):
         if mode not in MODES:
             raise ValueError(f"Unknown compile mode {mode!r}; valid modes: {list(MODES)}")
+        if mode != "sharded" and jax.process_count() > 1:
+            raise ValueError(
+                f"Compile mode {mode!r} runs on one process's devices; with "
+                f"{jax.process_count()} processes use parallel='sharded'"
+            )
         self.mode = mode
         self.devices = list(devices) if devices is not None else jax.devices()
         if mode == "jit":
@@ -54,8 +67,13 @@ class Strategy:
 
     # --- placement -------------------------------------------------------------------
     def put_replicated(self, tree: Any) -> Any:
-        """State, keys and resident data: one full copy on every device of the mode."""
-        return jax.device_put(tree, self.replicated)
+        """State, keys and resident data: one full copy on every device of the mode.
+
+        Every process passes the same values (same seed, same checkpoint).
+        """
+        if jax.process_count() == 1:
+            return jax.device_put(tree, self.replicated)
+        return jax.tree_util.tree_map(lambda x: _put_global(x, self.replicated), tree)
 
     def put_batch(self, local_batch: dict, stacked: bool = False) -> dict:
         """Host batch of this process -> device batch; `stacked` batches have a leading K axis."""
@@ -91,6 +109,9 @@ class Strategy:
 
     def compile_train_epoch(self, step: Callable, batch_size: int, **step_kwargs) -> Callable:
         """(state, data, rng) -> (state, metrics): one epoch over replicated resident data."""
+        if jax.process_count() > 1:
+            raise ValueError("An epoch on the device needs the whole train split in every "
+                             "process; with several processes set data_on_device=False")
         self.check_batch_size(batch_size)
         step = functools.partial(step, **step_kwargs)
         batch_sharding = NamedSharding(self.mesh, P(DATA_AXIS)) if self.mode == "sharded" else None
