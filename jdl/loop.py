@@ -13,7 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jdl import distributed
-from jdl.checkpointing import Checkpointer
+from jdl.checkpointing import Checkpointer, CheckpointMismatchError
 from jdl.config import validate_config
 from jdl.data import Dataset, load_dataset
 from jdl.metrics import EarlyStopping, MetricWriter, check_finite, read_records
@@ -141,6 +141,19 @@ class TrainResult:
     metrics: dict
 
 
+def writable_workdir(workdir: str | Path) -> Path:
+    """`workdir`, created if needed; a ValueError naming it when it cannot be written."""
+    workdir = Path(workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write-test-{jax.process_index()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"workdir {str(workdir)!r} is not writable: {error}") from error
+    return workdir
+
+
 def load_config_dataset(config: ml_collections.ConfigDict) -> Dataset:
     """The dataset a (validated) config names, batched for its global batch sizes."""
     return load_dataset(
@@ -180,8 +193,7 @@ def train_and_evaluate(
     distributed.initialize(
         config.distributed, config.coordinator_address, config.num_processes, config.process_id
     )
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = writable_workdir(workdir)
     strategy = Strategy(config.parallel)
     strategy.check_batch_size(config.batch_size)
     strategy.check_batch_size(config.eval_batch_size)
@@ -200,7 +212,13 @@ def train_and_evaluate(
     )
     writer = MetricWriter(workdir)
     if checkpointer.latest_step() is not None:
-        state, _ = checkpointer.restore(state)
+        try:
+            state, _ = checkpointer.restore(state)
+        except CheckpointMismatchError as mismatch:
+            raise CheckpointMismatchError(
+                f"{workdir} holds checkpoints of another model or optimizer; use a new workdir "
+                f"or the config that wrote them. {mismatch}"
+            ) from mismatch
         writer.truncate_after(int(state.step))
         _say(f"Resumed from {workdir / 'checkpoints'} at step {int(state.step)}.")
     _say(

@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from loop_helpers import small_config
 
 from experiments import digits_cnn
 from jdl import train_and_evaluate
@@ -12,24 +13,6 @@ from jdl.loop import create_state, evaluate, load_config_dataset
 from jdl.metrics import NonFiniteLossError, read_records
 from jdl.parallel import Strategy
 from jdl.steps import eval_step
-
-
-def small_config(**overrides):
-    """The digits quickstart shrunk to a few seconds: a narrow CNN for a few epochs."""
-    c = digits_cnn.get_config()
-    c.model.widths = (16, 32)
-    c.learning_rate = 1e-2
-    c.label_smoothing = 0.0
-    c.num_epochs = 3
-    c.batch_size = 64
-    c.eval_batch_size = 96  # does not divide the 360 test images
-    c.warmup_steps = 5
-    c.log_every = 5
-    c.progress_bar = False
-    c.data_on_device = False
-    for key, value in overrides.items():  # assignment, so a `model` dict replaces the model
-        c[key] = value
-    return c
 
 
 def assert_trees_close(a, b, **tolerance):

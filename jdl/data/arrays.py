@@ -57,6 +57,8 @@ def _checked_split(split: str, x, y) -> tuple[np.ndarray, np.ndarray]:
             f"y_{split} must be a 1-D array of integer class labels; "
             f"got dtype {y.dtype} and shape {y.shape}"
         )
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise ValueError(f"x_{split} must hold numbers; got dtype {x.dtype}")
     if y.min() < 0:
         raise ValueError(f"y_{split} has negative labels (smallest {y.min()})")
     x = x.astype(np.float32)

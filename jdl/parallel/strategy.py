@@ -110,8 +110,10 @@ class Strategy:
     def compile_train_epoch(self, step: Callable, batch_size: int, **step_kwargs) -> Callable:
         """(state, data, rng) -> (state, metrics): one epoch over replicated resident data."""
         if jax.process_count() > 1:
-            raise ValueError("An epoch on the device needs the whole train split in every "
-                             "process; with several processes set data_on_device=False")
+            raise ValueError(
+                "An epoch on the device needs the whole train split in every "
+                "process; with several processes set data_on_device=False"
+            )
         self.check_batch_size(batch_size)
         step = functools.partial(step, **step_kwargs)
         batch_sharding = NamedSharding(self.mesh, P(DATA_AXIS)) if self.mode == "sharded" else None
