@@ -20,6 +20,7 @@ from jdl.metrics import EarlyStopping, MetricWriter, check_finite, read_records
 from jdl.models import build_model
 from jdl.optimizers import make_optimizer
 from jdl.parallel import Strategy
+from jdl.parallel.prefetch import prefetch
 from jdl.plots import plot_curves
 from jdl.preemption import PreemptedError, StopRequests
 from jdl.state import TrainState, count_params, create_train_state
@@ -81,16 +82,19 @@ class _Trainer:
             return
         k = self.config.steps_per_call if not self.config.data_on_device else 1
         batches = itertools.islice(self.dataset.train_batches(epoch, start), end - start)
+        for fn, device_batch, done in prefetch(self._placed_calls(batches, k)):
+            state, metrics = fn(state, device_batch, rng)
+            yield state, metrics, done
+
+    def _placed_calls(self, batches: Iterator[dict], k: int) -> Iterator[tuple]:
+        """(compiled function, device batch, steps) per call: K stacked batches at a time,
+        single ones for k == 1, a short tail, or part of an on-device epoch."""
         for chunk in _chunks(batches, k):
             if len(chunk) == k and k > 1:
-                state, metrics = self.multi(
-                    state, self.strategy.put_batch(_stack(chunk), True), rng
-                )
-                yield state, metrics, k
-            else:  # singles: k == 1, a short tail, or part of an on-device epoch
+                yield self.multi, self.strategy.put_batch(_stack(chunk), stacked=True), k
+            else:
                 for batch in chunk:
-                    state, metrics = self.single(state, self.strategy.put_batch(batch), rng)
-                    yield state, metrics, 1
+                    yield self.single, self.strategy.put_batch(batch), 1
 
 
 class _Window:

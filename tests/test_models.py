@@ -221,3 +221,17 @@ def test_list_fields_become_tuples_so_models_stay_hashable():
     model = build_model({"name": "cnn", "widths": [4, 8]}, 10)
     assert model.widths == (4, 8)
     assert hash(model) == hash(build_model({"name": "cnn", "widths": (4, 8)}, 10))
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_bfloat16_computes_in_bfloat16_but_keeps_float32_parameters_and_logits(name):
+    model = build_model({"name": name, "dtype": "bfloat16"}, 10)
+    x = jnp.ones((2, 28, 28, 1))
+    variables = model.init(key(0), x)
+    assert {p.dtype for p in jax.tree_util.tree_leaves(variables)} == {jnp.dtype("float32")}
+    logits = model.apply(variables, x)
+    assert logits.dtype == jnp.float32
+    jaxpr = str(jax.make_jaxpr(model.apply)(variables, x))
+    assert "bf16" in jaxpr
+    full = build_model({"name": name}, 10).apply(variables, x)
+    np.testing.assert_allclose(logits, full, rtol=0.05, atol=0.05)  # same net, less precision

@@ -4,6 +4,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jdl.models.activations import activation_layer
 
@@ -33,21 +34,29 @@ class CNN(nn.Module):
     batch_norm: bool = False
     dropout_rate: float = 0.0
     dense_size: int | None = None
+    dtype: str = "float32"  # computation dtype; "bfloat16" for mixed precision
     axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x_BxHxWxC, *, train: bool = False):
         x = x_BxHxWxC
         for width in self.widths:
-            x = nn.Conv(width, (3, 3), padding="VALID", use_bias=not self.batch_norm)(x)
+            x = nn.Conv(
+                width, (3, 3), padding="VALID", use_bias=not self.batch_norm, dtype=self.dtype
+            )(x)
             if self.batch_norm:
-                x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x)
+                x = nn.BatchNorm(
+                    use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype
+                )(x)
             x = activation_layer(self.activation)(x)
             if min(x.shape[1:3]) >= 2:
                 x = max_pool_2x2(x)
         x_BxD = x.reshape((x.shape[0], -1))
         if self.dense_size:
-            x_BxD = activation_layer(self.activation)(nn.Dense(self.dense_size)(x_BxD))
+            x_BxD = activation_layer(self.activation)(
+                nn.Dense(self.dense_size, dtype=self.dtype)(x_BxD)
+            )
         if self.dropout_rate > 0:
             x_BxD = nn.Dropout(self.dropout_rate, deterministic=not train)(x_BxD)
-        return nn.Dense(self.num_outputs)(x_BxD)
+        # Parameters stay float32; logits return to float32 for a stable loss.
+        return nn.Dense(self.num_outputs, dtype=self.dtype)(x_BxD).astype(jnp.float32)

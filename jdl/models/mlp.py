@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from jdl.models.activations import activation_layer
 
@@ -19,6 +20,7 @@ class MLP(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     batch_norm: bool = False
+    dtype: str = "float32"  # computation dtype; "bfloat16" for mixed precision
     # Name of the mapped axis (under pmap) over which batch-norm statistics are averaged.
     axis_name: str | None = None
 
@@ -26,10 +28,13 @@ class MLP(nn.Module):
     def __call__(self, x, *, train: bool = False):
         x_BxD = x.reshape((x.shape[0], -1))
         for width in self.hidden_sizes:
-            x_BxD = nn.Dense(width, use_bias=not self.batch_norm)(x_BxD)
+            x_BxD = nn.Dense(width, use_bias=not self.batch_norm, dtype=self.dtype)(x_BxD)
             if self.batch_norm:
-                x_BxD = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x_BxD)
+                x_BxD = nn.BatchNorm(
+                    use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype
+                )(x_BxD)
             x_BxD = activation_layer(self.activation)(x_BxD)
             if self.dropout_rate > 0:
                 x_BxD = nn.Dropout(self.dropout_rate, deterministic=not train)(x_BxD)
-        return nn.Dense(self.num_outputs)(x_BxD)
+        # Parameters stay float32; logits return to float32 for a stable loss.
+        return nn.Dense(self.num_outputs, dtype=self.dtype)(x_BxD).astype(jnp.float32)
