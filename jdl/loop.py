@@ -197,6 +197,8 @@ def train_and_evaluate(
     distributed.initialize(
         config.distributed, config.coordinator_address, config.num_processes, config.process_id
     )
+    if config.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
     workdir = writable_workdir(workdir)
     strategy = Strategy(config.parallel)
     strategy.check_batch_size(config.batch_size)

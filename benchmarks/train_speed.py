@@ -1,0 +1,410 @@
+"""Training speed of jdl, PyTorch and Keras 3 (JAX backend) on MNIST-shaped data in memory.
+
+    python benchmarks/train_speed.py                    # both models, every library
+    python benchmarks/train_speed.py --models cnn --skip-keras --out /tmp/cnn.json
+
+Every row trains the same network (the documents' MLP 784-256-10 or CNN
+Conv32-pool-Conv64-pool-Dense10) with Adam 1e-3 on batches of 128 random images, and is
+timed by one helper, `measure`: the first call alone (compilation included), one warm-up
+call, then the median examples/s over `--repeats` repeats. PyTorch and Keras are imported
+only for their own rows; the rows of a library that is not installed are reported as skipped.
+A benchmark script, not a test: it asserts nothing and writes JSON (`--out`).
+"""
+
+import argparse
+import dataclasses
+import importlib.metadata
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+from jdl.models import build_model
+from jdl.parallel import MODES, Strategy
+from jdl.state import create_train_state
+from jdl.steps import train_step
+
+BATCH = 128
+LEARNING_RATE = 1e-3
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28, 1)  # NHWC; PyTorch gets the same images as NCHW
+MODELS = ("mlp", "cnn")
+INSTALL_HINT = 'pip install -e ".[bench]"'
+
+
+@dataclasses.dataclass
+class Workload:
+    """`run(n)` makes n calls and waits for the last; each call trains `steps_per_call` batches."""
+
+    run: Callable[[int], None]
+    steps_per_call: int = 1
+
+
+@dataclasses.dataclass
+class Row:
+    library: str
+    variant: str
+    model: str
+    examples_per_s: float | None = None  # median over the repeats, after warm-up
+    compile_s: float | None = None  # the first call: tracing, compilation and one call's work
+    repeats_examples_per_s: list[float] = dataclasses.field(default_factory=list)
+    steps_per_repeat: int = 0
+    note: str = ""
+
+
+# --- timing --------------------------------------------------------------------------------
+def _seconds(run: Callable[[int], None], calls: int) -> float:
+    start = time.perf_counter()
+    run(calls)
+    return time.perf_counter() - start
+
+
+def measure(workload: Workload, steps: int, repeats: int, max_repeat_s: float) -> dict:
+    """First call (compile) time and steady-state examples/s, the median of `repeats`.
+
+    A repeat makes `steps // steps_per_call` calls, fewer when that would pass
+    `max_repeat_s`; a variant whose one call already passes it gets at most 3 repeats.
+    """
+    compile_s = _seconds(workload.run, 1)
+    warm_s = _seconds(workload.run, 1)
+    calls = max(1, min(steps // workload.steps_per_call, int(max_repeat_s / warm_s)))
+    if warm_s > max_repeat_s:
+        repeats = min(repeats, 3)
+    examples = calls * workload.steps_per_call * BATCH
+    rates = [examples / _seconds(workload.run, calls) for _ in range(repeats)]
+    return {
+        "compile_s": compile_s,
+        "examples_per_s": statistics.median(rates),
+        "repeats_examples_per_s": rates,
+        "steps_per_repeat": calls * workload.steps_per_call,
+    }
+
+
+def bench(row: Row, build: Callable[[], Workload], args: argparse.Namespace) -> Row:
+    """Fills `row` with the timing of `build()`'s workload, or notes why there is none."""
+    print(f"  {row.library:6} {row.variant} ...", end=" ", flush=True, file=sys.stderr)
+    try:
+        timing = measure(build(), args.steps, args.repeats, args.max_repeat_s)
+    except Exception as error:  # e.g. torch.compile without a working C++ toolchain
+        row.note = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        print(row.note, file=sys.stderr)
+        return row
+    print(f"{timing['examples_per_s']:,.0f} ex/s", file=sys.stderr)
+    return dataclasses.replace(row, **timing)
+
+
+# --- data ----------------------------------------------------------------------------------
+def make_data(num_examples: int, seed: int = 0) -> dict:
+    """MNIST-shaped random images in [0, 1) and integer labels, NHWC float32."""
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.random((num_examples, *IMAGE_SHAPE), dtype=np.float32),
+        "label": rng.integers(0, NUM_CLASSES, num_examples).astype(np.int32),
+    }
+
+
+def host_chunk(data: dict, index: int, steps: int) -> dict:
+    """The `index`-th run of `steps` consecutive batches (cycling), stacked on a K axis if > 1."""
+    size = steps * BATCH
+    start = index % (len(data["label"]) // size) * size
+    chunk = {k: v[start : start + size] for k, v in data.items()}
+    if steps == 1:
+        return chunk
+    return {k: v.reshape(steps, BATCH, *v.shape[1:]) for k, v in chunk.items()}
+
+
+# --- jdl -----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class JdlVariant:
+    """How jdl runs the steps: `step` (1 per call), `unroll` / `scan` (K per call), `epoch`."""
+
+    mode: str
+    form: str
+    k: int = 1
+
+    @property
+    def name(self) -> str:
+        if self.form == "step":
+            return f"{self.mode}, 1 step/call"
+        if self.form == "epoch":
+            return f"{self.mode}, epoch on device (lax.scan)"
+        loop = "unrolled" if self.form == "unroll" else "lax.scan"
+        return f"{self.mode}, {self.k} steps/call {loop}"
+
+
+JDL_VARIANTS = (
+    JdlVariant("jit", "step"),
+    JdlVariant("jit", "unroll", 8),
+    JdlVariant("jit", "unroll", 16),
+    JdlVariant("jit", "scan", 8),
+    JdlVariant("jit", "epoch"),
+    *(JdlVariant(mode, form, k) for mode in MODES[1:] for form, k in (("step", 1), ("unroll", 8))),
+)
+
+
+def compile_jdl(strategy: Strategy, variant: JdlVariant) -> Callable:
+    """The compiled `train_step` that `variant` names."""
+    if variant.form == "step":
+        return strategy.compile_train(train_step)
+    if variant.form == "epoch":
+        return strategy.compile_train_epoch(train_step, BATCH)
+    return strategy.compile_train_steps(train_step, unroll=variant.form == "unroll")
+
+
+def jdl_workload(model_name: str, variant: JdlVariant, data: dict, epoch_examples: int):
+    """jdl's model and step, compiled by its Strategy; host batches are placed per call."""
+    strategy = Strategy(variant.mode)
+    model = build_model({"name": model_name}, NUM_CLASSES)
+    state = create_train_state(model, optax.adam(LEARNING_RATE), IMAGE_SHAPE, jax.random.key(0))
+    state = strategy.put_replicated(state)
+    rng = strategy.put_replicated(jax.random.key(1))
+    fn = compile_jdl(strategy, variant)
+    if variant.form == "epoch":
+        resident = strategy.put_replicated({k: v[:epoch_examples] for k, v in data.items()})
+        steps_per_call = epoch_examples // BATCH
+
+        def feed(_):
+            return resident
+    else:
+        steps_per_call = variant.k
+
+        def feed(index):
+            return strategy.put_batch(host_chunk(data, index, variant.k), stacked=variant.k > 1)
+
+    calls = itertools.count()
+
+    def run(n: int) -> None:
+        nonlocal state
+        for _ in range(n):  # dispatched asynchronously, as jdl.loop does; waits once at the end
+            state, metrics = fn(state, feed(next(calls)), rng)
+        jax.block_until_ready((state, metrics))
+
+    return Workload(run, steps_per_call)
+
+
+def jdl_rows(model_name: str, data: dict, args: argparse.Namespace) -> list[Row]:
+    epoch_examples = args.epoch_examples or {"mlp": len(data["label"]), "cnn": 1024}[model_name]
+    rows = []
+    for variant in JDL_VARIANTS:
+        row = Row("jdl", variant.name, model_name)
+        if variant.form == "epoch":
+            row.note = f"{epoch_examples // BATCH} steps per call"
+        built = bench(row, lambda v=variant: jdl_workload(model_name, v, data, epoch_examples), args)
+        rows.append(built)
+    return rows
+
+
+# --- PyTorch -------------------------------------------------------------------------------
+def torch_model(model_name: str):
+    from torch import nn
+
+    if model_name == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 5 * 5, NUM_CLASSES),
+    )
+
+
+def torch_workload(model_name: str, data: dict, compiled: bool) -> Workload:
+    """A plain eager loop: forward, cross-entropy, zero_grad, backward, Adam step."""
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    model = torch_model(model_name)
+    forward = torch.compile(model) if compiled else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    images = torch.from_numpy(np.ascontiguousarray(data["image"].transpose(0, 3, 1, 2)))
+    labels = torch.from_numpy(data["label"].astype(np.int64))
+    calls = itertools.count()
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            start = next(calls) % (len(labels) // BATCH) * BATCH
+            loss = torch.nn.functional.cross_entropy(
+                forward(images[start : start + BATCH]), labels[start : start + BATCH]
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    return Workload(run)
+
+
+def torch_rows(model_name: str, data: dict, args: argparse.Namespace) -> list[Row]:
+    return [
+        bench(Row("torch", variant, model_name), lambda c=c: torch_workload(model_name, data, c), args)
+        for variant, c in (("eager", False), ("torch.compile", True))
+    ]
+
+
+# --- Keras ---------------------------------------------------------------------------------
+def keras_workload(model_name: str, data: dict) -> Workload:
+    """`model.fit` on the in-memory arrays; a call is one batch, n calls one fit of n batches."""
+    os.environ["KERAS_BACKEND"] = "jax"  # read once, at keras's first import
+    import keras
+    from keras import layers
+
+    if keras.backend.backend() != "jax":
+        raise RuntimeError(f"keras was already imported with the {keras.backend.backend()} backend")
+    keras.utils.set_random_seed(0)
+    if model_name == "mlp":
+        body = [layers.Flatten(), layers.Dense(256, activation="relu")]
+    else:
+        body = [
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+        ]
+    model = keras.Sequential([keras.Input(IMAGE_SHAPE), *body, layers.Dense(NUM_CLASSES)])
+    model.compile(
+        optimizer=keras.optimizers.Adam(LEARNING_RATE),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+
+    def run(n: int) -> None:
+        size = n * BATCH
+        model.fit(data["image"][:size], data["label"][:size], BATCH, shuffle=False, verbose=0)
+
+    return Workload(run)
+
+
+def keras_rows(model_name: str, data: dict, args: argparse.Namespace) -> list[Row]:
+    row = Row("keras", "model.fit, jax backend", model_name)
+    return [bench(row, lambda: keras_workload(model_name, data), args)]
+
+
+# --- driver --------------------------------------------------------------------------------
+LIBRARIES = {"jdl": ("jax", jdl_rows), "torch": ("torch", torch_rows), "keras": ("keras", keras_rows)}
+
+
+def library_rows(library: str, model_name: str, data: dict, args) -> list[Row]:
+    """The library's rows, or one row saying why it was skipped."""
+    module, rows = LIBRARIES[library]
+    if getattr(args, f"skip_{library}", False):
+        return [Row(library, "-", model_name, note=f"skipped (--skip-{library})")]
+    if importlib.util.find_spec(module) is None:
+        return [Row(library, "-", model_name, note=f"skipped: {module} not installed ({INSTALL_HINT})")]
+    return rows(model_name, data, args)
+
+
+def with_speedups(rows: list[Row]) -> list[dict]:
+    """Rows as dicts, each with its examples/s over PyTorch eager's for the same model."""
+    eager = {r.model: r.examples_per_s for r in rows if (r.library, r.variant) == ("torch", "eager")}
+    out = []
+    for row in rows:
+        base = eager.get(row.model)
+        speedup = row.examples_per_s / base if row.examples_per_s and base else None
+        out.append({**dataclasses.asdict(row), "x_vs_torch_eager": speedup})
+    return out
+
+
+def _fmt(value, pattern: str) -> str:
+    return "-" if value is None else format(value, pattern)
+
+
+def table(results: list[dict]) -> str:
+    """A Markdown table of the results."""
+    lines = [
+        "| library | variant | model | examples/s | compile s | x vs PyTorch eager | note |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['library']} | {r['variant']} | {r['model']} | {_fmt(r['examples_per_s'], ',.0f')}"
+            f" | {_fmt(r['compile_s'], '.2f')} | {_fmt(r['x_vs_torch_eager'], '.2f')} | {r['note']} |"
+        )
+    return "\n".join(lines)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> dict:
+    """CPU, cores, load and library versions: what a reader needs to compare runs."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line]
+    return {
+        "cpu": names[0] if names else platform.processor(),
+        "avx512f": " avx512f" in cpuinfo,
+        "cores": len(os.sched_getaffinity(0)),
+        "load_avg_1min_at_start": os.getloadavg()[0],
+        "jax_devices": [str(d) for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "python": platform.python_version(),
+        **{p: _version(p) for p in ("jax", "jaxlib", "flax", "optax", "torch", "keras")},
+    }
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: mlp,cnn")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats; the median counts")
+    parser.add_argument("--steps", type=int, default=128, help="training steps per repeat")
+    parser.add_argument(
+        "--max-repeat-s", type=float, default=2.0, help="fewer steps when a repeat would last longer"
+    )
+    parser.add_argument("--num-examples", type=int, default=60_000, help="in-memory data set size")
+    parser.add_argument(
+        "--epoch-examples", type=int, default=0,
+        help="resident data of the on-device epoch; 0: all for the MLP, 1024 for the CNN",
+    )
+    parser.add_argument("--out", default="benchmarks/results.json", help="JSON results path")
+    parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--skip-keras", action="store_true")
+    args = parser.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; valid models: {list(MODELS)}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    info = machine()
+    if info["load_avg_1min_at_start"] > 0.5:
+        print(f"warning: load average {info['load_avg_1min_at_start']:.1f}; timings will be "
+              "noisy on a busy machine", file=sys.stderr)
+    data = make_data(args.num_examples)
+    rows = []
+    for model_name in args.models:
+        print(f"{model_name}:", file=sys.stderr)
+        for library in LIBRARIES:
+            rows += library_rows(library, model_name, data, args)
+    results = with_speedups(rows)
+    info["load_avg_1min_at_end"] = os.getloadavg()[0]
+    print(f"{info['cpu']}, {info['cores']} cores, jax devices: {len(info['jax_devices'])}, "
+          f"jax {info['jax']}, torch {info['torch']}, keras {info['keras']}\n")
+    print(table(results))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": info, "args": vars(args), "rows": results}, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

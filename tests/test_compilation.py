@@ -1,0 +1,54 @@
+"""Compilation happens in the first epoch only, and can be cached across runs."""
+
+import jax
+import pytest
+from loop_helpers import small_config
+
+from jdl import loop, train_and_evaluate
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@pytest.fixture
+def compile_count():
+    """A callable returning how many XLA compilations ran since the fixture started."""
+    events = []
+
+    def listener(name, *args, **kwargs):
+        if name == BACKEND_COMPILE:
+            events.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield lambda: len(events)
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"parallel": "jit", "steps_per_call": 4}, {"parallel": "pmap"}, {"data_on_device": True}],
+    ids=["jit-4-steps-per-call", "pmap", "epoch-on-device"],
+)
+def test_nothing_compiles_after_the_first_epoch(tmp_path, monkeypatch, compile_count, overrides):
+    counts_after_epoch = []
+
+    def counting_evaluate(*args, **kwargs):  # runs at the end of every epoch
+        metrics = real_evaluate(*args, **kwargs)
+        counts_after_epoch.append(compile_count())
+        return metrics
+
+    real_evaluate = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", counting_evaluate)
+    train_and_evaluate(small_config(num_epochs=3, checkpoint_every=10, **overrides), tmp_path)
+    assert len(counts_after_epoch) == 3
+    assert counts_after_epoch[0] > 0
+    assert counts_after_epoch[1] == counts_after_epoch[2] == counts_after_epoch[0]
+
+
+def test_compilation_cache_dir_fills_with_compiled_programs(tmp_path):
+    previous = jax.config.jax_compilation_cache_dir
+    try:
+        config = small_config(num_epochs=1, compilation_cache_dir=str(tmp_path / "cache"))
+        train_and_evaluate(config, tmp_path / "run")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+    assert any((tmp_path / "cache").iterdir())
