@@ -147,6 +147,11 @@ class TrainResult:
 
 def writable_workdir(workdir: str | Path) -> Path:
     """`workdir`, created if needed; a ValueError naming it when it cannot be written."""
+    if "://" in str(workdir):
+        raise ValueError(
+            f"workdir {str(workdir)!r}: jdl writes its workdir to a local or shared filesystem "
+            "path; URLs such as gs:// are not supported yet (tfds data_dir may be one)"
+        )
     workdir = Path(workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)

@@ -119,6 +119,9 @@ CASES = {
     "a workdir that is not writable": Case(
         lambda w: train_on(w / "metrics.jsonl" / "run"), ValueError, "not writable"
     ),
+    "a workdir URL": Case(
+        lambda w: train_on("gs://bucket/runs/x"), ValueError, "gs:// are not supported"
+    ),
     "a checkpoint of a different model": Case(
         lambda w: train_on(w, model={"name": "cnn", "widths": (4, 8)}),
         CheckpointMismatchError,

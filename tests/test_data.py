@@ -318,7 +318,13 @@ def test_missing_tfds_dataset_explains_what_to_do(tmp_path):
         load_dataset("mnist", **BATCHING, data_dir=str(tmp_path), download=False)
     message = str(error.value)
     assert isinstance(error.value, RuntimeError)
-    for expected in ("'mnist'", str(tmp_path), "tfds build mnist", "'digits'", "'breast_cancer'"):
+    for expected in (
+        "'mnist'",
+        str(tmp_path),
+        "tfds.builder('mnist'",
+        "'digits'",
+        "'breast_cancer'",
+    ):
         assert expected in message
 
 

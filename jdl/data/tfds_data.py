@@ -30,8 +30,9 @@ def _unavailable_message(name: str, data_dir_root, reason: str) -> str:
     return (
         f"tfds dataset {name!r} is not available in data_dir {str(data_dir_root)!r}: {reason}. "
         f"Prepare it once on a machine with internet access, with "
-        f"`tfds build {name} --data_dir {data_dir_root}` or "
-        f"`tfds.load({name!r}, data_dir={str(data_dir_root)!r})`, copy that directory here "
+        f'`python -c "import tensorflow_datasets as tfds; '
+        f'tfds.builder({name!r}, data_dir={str(data_dir_root)!r}).download_and_prepare()"`, '
+        f"copy that directory here "
         f"and pass it as data_dir. Or use a dataset that needs no download: {embedded}."
     )
 
