@@ -1,18 +1,19 @@
 """Training speed of jdl, PyTorch and Keras 3 (JAX backend) on MNIST-shaped data in memory.
 
-    python benchmarks/train_speed.py                    # both models, every library
-    python benchmarks/train_speed.py --models cnn --skip-keras --out /tmp/cnn.json
+    python -m benchmarks.train_speed                    # from the repo root: every row
+    python -m benchmarks.train_speed --models cnn --skip-keras --out /tmp/cnn.json
 
 Every row trains the same network (the documents' MLP 784-256-10 or CNN
 Conv32-pool-Conv64-pool-Dense10) with Adam 1e-3 on batches of 128 random images, and is
-timed by one helper, `measure`: the first call alone (compilation included), one warm-up
-call, then the median examples/s over `--repeats` repeats. PyTorch and Keras are imported
-only for their own rows; the rows of a library that is not installed are reported as skipped.
+timed by one helper, `measure`: the first call alone (compilation included), a warm-up,
+then the median examples/s over `--repeats` repeats. PyTorch and Keras are imported
+only for their own rows; the rows of a library that is not installed say it was skipped.
 A benchmark script, not a test: it asserts nothing and writes JSON (`--out`).
 """
 
 import argparse
 import dataclasses
+import functools
 import importlib.metadata
 import importlib.util
 import itertools
@@ -56,10 +57,14 @@ class Row:
     variant: str
     model: str
     examples_per_s: float | None = None  # median over the repeats, after warm-up
-    compile_s: float | None = None  # the first call: tracing, compilation and one call's work
+    compile_s: float | None = None  # first two calls less two steady calls: tracing, compiling
+    recompiled: bool = False  # the second call was slow too: it compiled again
     repeats_examples_per_s: list[float] = dataclasses.field(default_factory=list)
     steps_per_repeat: int = 0
     note: str = ""
+
+
+Case = tuple[Row, Callable[[], Workload]]  # a row to fill, and how to build what it times
 
 
 # --- timing --------------------------------------------------------------------------------
@@ -70,22 +75,29 @@ def _seconds(run: Callable[[int], None], calls: int) -> float:
 
 
 def measure(workload: Workload, steps: int, repeats: int, max_repeat_s: float) -> dict:
-    """First call (compile) time and steady-state examples/s, the median of `repeats`.
+    """Compile time and steady-state examples/s (the median of `repeats`) of a workload.
 
-    A repeat makes `steps // steps_per_call` calls, fewer when that would pass
-    `max_repeat_s`; a variant whose one call already passes it gets at most 3 repeats.
+    The compile time is what the first two calls take beyond two steady calls, so that a
+    second compilation (inputs placed unlike the outputs) counts too. A repeat makes
+    `steps // steps_per_call` calls, fewer when it would pass `max_repeat_s`; one untimed
+    repeat warms up first (allocator and kernel caches settle over tens of steps). A
+    variant whose one call already passes `max_repeat_s` gets at most 3 repeats.
     """
-    compile_s = _seconds(workload.run, 1)
-    warm_s = _seconds(workload.run, 1)
-    calls = max(1, min(steps // workload.steps_per_call, int(max_repeat_s / warm_s)))
-    if warm_s > max_repeat_s:
+    first_s, second_s = _seconds(workload.run, 1), _seconds(workload.run, 1)
+    one_s = _seconds(workload.run, 1)
+    calls = max(1, min(steps // workload.steps_per_call, int(max_repeat_s / one_s)))
+    if one_s > max_repeat_s:
         repeats = min(repeats, 3)
+    else:
+        workload.run(calls)
+    seconds = [_seconds(workload.run, calls) for _ in range(repeats)]
     examples = calls * workload.steps_per_call * BATCH
-    rates = [examples / _seconds(workload.run, calls) for _ in range(repeats)]
+    steady_s = statistics.median(seconds) / calls
     return {
-        "compile_s": compile_s,
-        "examples_per_s": statistics.median(rates),
-        "repeats_examples_per_s": rates,
+        "compile_s": max(first_s + second_s - 2 * steady_s, 0.0),
+        "recompiled": second_s > 2 * steady_s + 0.1,
+        "examples_per_s": examples / statistics.median(seconds),
+        "repeats_examples_per_s": [examples / s for s in seconds],
         "steps_per_repeat": calls * workload.steps_per_call,
     }
 
@@ -100,6 +112,8 @@ def bench(row: Row, build: Callable[[], Workload], args: argparse.Namespace) -> 
         print(row.note, file=sys.stderr)
         return row
     print(f"{timing['examples_per_s']:,.0f} ex/s", file=sys.stderr)
+    if timing["recompiled"]:
+        row.note = "; ".join(filter(None, [row.note, "the 2nd call compiled again"]))
     return dataclasses.replace(row, **timing)
 
 
@@ -185,31 +199,40 @@ def jdl_workload(model_name: str, variant: JdlVariant, data: dict, epoch_example
 
     def run(n: int) -> None:
         nonlocal state
-        for _ in range(n):  # dispatched asynchronously, as jdl.loop does; waits once at the end
+        previous = None
+        for _ in range(n):
             state, metrics = fn(state, feed(next(calls)), rng)
+            # Call n is queued before call n-1 is awaited: the device never idles, and the
+            # queue stays short (XLA:CPU's all-reduce over fake devices deadlocks when
+            # ~100 sharded or pmap calls are queued).
+            jax.block_until_ready(previous)
+            previous = metrics
         jax.block_until_ready((state, metrics))
 
     return Workload(run, steps_per_call)
 
 
-def jdl_rows(model_name: str, data: dict, args: argparse.Namespace) -> list[Row]:
+def jdl_cases(model_name: str, data: dict, args: argparse.Namespace) -> list[Case]:
     epoch_examples = args.epoch_examples or {"mlp": len(data["label"]), "cnn": 1024}[model_name]
-    rows = []
-    for variant in JDL_VARIANTS:
-        row = Row("jdl", variant.name, model_name)
-        if variant.form == "epoch":
-            row.note = f"{epoch_examples // BATCH} steps per call"
-        built = bench(row, lambda v=variant: jdl_workload(model_name, v, data, epoch_examples), args)
-        rows.append(built)
-    return rows
+    epoch_note = f"{epoch_examples // BATCH} steps per call"
+    return [
+        (
+            Row("jdl", v.name, model_name, note=epoch_note if v.form == "epoch" else ""),
+            functools.partial(jdl_workload, model_name, v, data, epoch_examples),
+        )
+        for v in JDL_VARIANTS
+    ]
 
 
 # --- PyTorch -------------------------------------------------------------------------------
 def torch_model(model_name: str):
+    """The same networks in PyTorch's own layers (NCHW)."""
     from torch import nn
 
     if model_name == "mlp":
-        return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(28 * 28, 256), nn.ReLU(), nn.Linear(256, NUM_CLASSES)
+        )
     return nn.Sequential(
         nn.Conv2d(1, 32, 3),
         nn.ReLU(),
@@ -248,9 +271,9 @@ def torch_workload(model_name: str, data: dict, compiled: bool) -> Workload:
     return Workload(run)
 
 
-def torch_rows(model_name: str, data: dict, args: argparse.Namespace) -> list[Row]:
+def torch_cases(model_name: str, data: dict, args: argparse.Namespace) -> list[Case]:
     return [
-        bench(Row("torch", variant, model_name), lambda c=c: torch_workload(model_name, data, c), args)
+        (Row("torch", variant, model_name), functools.partial(torch_workload, model_name, data, c))
         for variant, c in (("eager", False), ("torch.compile", True))
     ]
 
@@ -259,6 +282,7 @@ def torch_rows(model_name: str, data: dict, args: argparse.Namespace) -> list[Ro
 def keras_workload(model_name: str, data: dict) -> Workload:
     """`model.fit` on the in-memory arrays; a call is one batch, n calls one fit of n batches."""
     os.environ["KERAS_BACKEND"] = "jax"  # read once, at keras's first import
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keras's data adapters import TF
     import keras
     from keras import layers
 
@@ -288,28 +312,36 @@ def keras_workload(model_name: str, data: dict) -> Workload:
     return Workload(run)
 
 
-def keras_rows(model_name: str, data: dict, args: argparse.Namespace) -> list[Row]:
+def keras_cases(model_name: str, data: dict, args: argparse.Namespace) -> list[Case]:
     row = Row("keras", "model.fit, jax backend", model_name)
-    return [bench(row, lambda: keras_workload(model_name, data), args)]
+    return [(row, functools.partial(keras_workload, model_name, data))]
 
 
 # --- driver --------------------------------------------------------------------------------
-LIBRARIES = {"jdl": ("jax", jdl_rows), "torch": ("torch", torch_rows), "keras": ("keras", keras_rows)}
+# library -> (module it needs, its cases)
+LIBRARIES = {
+    "jdl": ("jax", jdl_cases),
+    "torch": ("torch", torch_cases),
+    "keras": ("keras", keras_cases),
+}
 
 
 def library_rows(library: str, model_name: str, data: dict, args) -> list[Row]:
-    """The library's rows, or one row saying why it was skipped."""
-    module, rows = LIBRARIES[library]
+    """The library's timed rows, or one row saying why it was skipped."""
+    module, cases = LIBRARIES[library]
     if getattr(args, f"skip_{library}", False):
         return [Row(library, "-", model_name, note=f"skipped (--skip-{library})")]
     if importlib.util.find_spec(module) is None:
-        return [Row(library, "-", model_name, note=f"skipped: {module} not installed ({INSTALL_HINT})")]
-    return rows(model_name, data, args)
+        note = f"skipped: {module} not installed ({INSTALL_HINT})"
+        return [Row(library, "-", model_name, note=note)]
+    return [bench(row, build, args) for row, build in cases(model_name, data, args)]
 
 
 def with_speedups(rows: list[Row]) -> list[dict]:
     """Rows as dicts, each with its examples/s over PyTorch eager's for the same model."""
-    eager = {r.model: r.examples_per_s for r in rows if (r.library, r.variant) == ("torch", "eager")}
+    eager = {
+        r.model: r.examples_per_s for r in rows if r.library == "torch" and r.variant == "eager"
+    }
     out = []
     for row in rows:
         base = eager.get(row.model)
@@ -329,10 +361,16 @@ def table(results: list[dict]) -> str:
         "|---|---|---|---:|---:|---:|---|",
     ]
     for r in results:
-        lines.append(
-            f"| {r['library']} | {r['variant']} | {r['model']} | {_fmt(r['examples_per_s'], ',.0f')}"
-            f" | {_fmt(r['compile_s'], '.2f')} | {_fmt(r['x_vs_torch_eager'], '.2f')} | {r['note']} |"
+        cells = (
+            r["library"],
+            r["variant"],
+            r["model"],
+            _fmt(r["examples_per_s"], ",.0f"),
+            _fmt(r["compile_s"], ".2f"),
+            _fmt(r["x_vs_torch_eager"], ".2f"),
+            r["note"],
         )
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -354,6 +392,7 @@ def machine() -> dict:
         "load_avg_1min_at_start": os.getloadavg()[0],
         "jax_devices": [str(d) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "ld_preload": os.environ.get("LD_PRELOAD", ""),  # e.g. tcmalloc (README.md)
         "python": platform.python_version(),
         **{p: _version(p) for p in ("jax", "jaxlib", "flax", "optax", "torch", "keras")},
     }
@@ -363,13 +402,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: mlp,cnn")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats; the median counts")
-    parser.add_argument("--steps", type=int, default=128, help="training steps per repeat")
+    parser.add_argument("--steps", type=int, default=256, help="training steps per repeat")
     parser.add_argument(
-        "--max-repeat-s", type=float, default=2.0, help="fewer steps when a repeat would last longer"
+        "--max-repeat-s", type=float, default=1.5, help="fewer steps if a repeat would last longer"
     )
     parser.add_argument("--num-examples", type=int, default=60_000, help="in-memory data set size")
     parser.add_argument(
-        "--epoch-examples", type=int, default=0,
+        "--epoch-examples",
+        type=int,
+        default=0,
         help="resident data of the on-device epoch; 0: all for the MLP, 1024 for the CNN",
     )
     parser.add_argument("--out", default="benchmarks/results.json", help="JSON results path")
@@ -387,8 +428,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     info = machine()
     if info["load_avg_1min_at_start"] > 0.5:
-        print(f"warning: load average {info['load_avg_1min_at_start']:.1f}; timings will be "
-              "noisy on a busy machine", file=sys.stderr)
+        print(
+            f"warning: load average {info['load_avg_1min_at_start']:.1f}; timings will be "
+            "noisy on a busy machine",
+            file=sys.stderr,
+        )
     data = make_data(args.num_examples)
     rows = []
     for model_name in args.models:
@@ -397,8 +441,10 @@ def main(argv=None) -> None:
             rows += library_rows(library, model_name, data, args)
     results = with_speedups(rows)
     info["load_avg_1min_at_end"] = os.getloadavg()[0]
-    print(f"{info['cpu']}, {info['cores']} cores, jax devices: {len(info['jax_devices'])}, "
-          f"jax {info['jax']}, torch {info['torch']}, keras {info['keras']}\n")
+    print(
+        f"{info['cpu']}, {info['cores']} cores, jax devices: {len(info['jax_devices'])}, "
+        f"jax {info['jax']}, torch {info['torch']}, keras {info['keras']}\n"
+    )
     print(table(results))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

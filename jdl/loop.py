@@ -82,8 +82,12 @@ class _Trainer:
             return
         k = self.config.steps_per_call if not self.config.data_on_device else 1
         batches = itertools.islice(self.dataset.train_batches(epoch, start), end - start)
+        in_flight = None
         for fn, device_batch, done in prefetch(self._placed_calls(batches, k)):
             state, metrics = fn(state, device_batch, rng)
+            # At most two calls in flight: XLA:CPU collectives can deadlock with ~100 queued.
+            jax.block_until_ready(in_flight)
+            in_flight = metrics
             yield state, metrics, done
 
     def _placed_calls(self, batches: Iterator[dict], k: int) -> Iterator[tuple]:
@@ -204,6 +208,7 @@ def train_and_evaluate(
     )
     if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # jdl's are quick
     workdir = writable_workdir(workdir)
     strategy = Strategy(config.parallel)
     strategy.check_batch_size(config.batch_size)

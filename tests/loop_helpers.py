@@ -1,4 +1,8 @@
-"""A small, fast training config shared by the end-to-end tests."""
+"""What the end-to-end tests share: a small, fast config and a way to run experiments."""
+
+import os
+import subprocess
+import sys
 
 from experiments import digits_cnn
 
@@ -19,3 +23,16 @@ def small_config(**overrides):
     for key, value in overrides.items():  # assignment, so a `model` dict replaces the model
         c[key] = value
     return c
+
+
+def start_experiment(name: str, workdir, *flags: str, devices: int = 1) -> subprocess.Popen:
+    """`python -m experiments.<name> --workdir=... *flags` in a subprocess on `devices` CPUs."""
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+    }
+    command = [sys.executable, "-m", f"experiments.{name}", f"--workdir={workdir}", *flags]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )

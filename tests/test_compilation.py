@@ -45,10 +45,14 @@ def test_nothing_compiles_after_the_first_epoch(tmp_path, monkeypatch, compile_c
 
 
 def test_compilation_cache_dir_fills_with_compiled_programs(tmp_path):
-    previous = jax.config.jax_compilation_cache_dir
+    previous = (
+        jax.config.jax_compilation_cache_dir,
+        jax.config.jax_persistent_cache_min_compile_time_secs,
+    )
     try:
         config = small_config(num_epochs=1, compilation_cache_dir=str(tmp_path / "cache"))
         train_and_evaluate(config, tmp_path / "run")
     finally:
-        jax.config.update("jax_compilation_cache_dir", previous)
+        jax.config.update("jax_compilation_cache_dir", previous[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
     assert any((tmp_path / "cache").iterdir())

@@ -1,12 +1,11 @@
 """Several processes on jax.distributed (CPU, gloo) train exactly like one process."""
 
-import os
 import socket
 import subprocess
-import sys
 
 import jax
 import numpy as np
+from loop_helpers import start_experiment
 
 from experiments import digits_cnn
 from jdl.checkpointing import Checkpointer
@@ -29,24 +28,14 @@ def free_port() -> int:
 
 
 def launch(workdir, devices_per_process: int, extra_flags=()) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
-        "JAX_PLATFORMS": "cpu",
-    }
-    command = [sys.executable, "-m", "experiments.digits_cnn", f"--workdir={workdir}"]
-    return subprocess.Popen(
-        [*command, *COMMON_FLAGS, *extra_flags],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    return start_experiment(
+        "digits_cnn", workdir, *COMMON_FLAGS, *extra_flags, devices=devices_per_process
     )
 
 
 def finish(process: subprocess.Popen) -> str:
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output
+    output, errors = process.communicate(timeout=300)
+    assert process.returncode == 0, errors
     return output
 
 

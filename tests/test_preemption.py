@@ -4,12 +4,12 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
+from loop_helpers import start_experiment
 
 from experiments import digits_cnn
 from jdl import train_and_evaluate
@@ -21,15 +21,7 @@ FLAGS = ["--config.progress_bar=False", "--config.model.widths=(8, 16)", "--conf
 
 
 def start(workdir, *extra_flags) -> subprocess.Popen:
-    command = [sys.executable, "-m", "experiments.digits_cnn", f"--workdir={workdir}"]
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen(
-        [*command, *FLAGS, *extra_flags],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_experiment("digits_cnn", workdir, *FLAGS, *extra_flags)
 
 
 def wait_for_step(workdir, step: int, process: subprocess.Popen) -> None:
