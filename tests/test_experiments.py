@@ -1,10 +1,10 @@
 """The experiment scripts: configs, the tfds path under mock data, and the command line."""
 
 import subprocess
-import sys
 
 import pytest
 import tensorflow_datasets as tfds
+from loop_helpers import start_experiment
 
 from experiments import binary_mlp, digits_cnn, mnist_cnn, mnist_mlp
 from jdl import train_and_evaluate
@@ -51,26 +51,24 @@ def test_experiment_runs_end_to_end_on_mock_tfds(tmp_path, experiment, dataset, 
     assert records[-1]["eval/loss"] == pytest.approx(result.metrics["eval/loss"])
 
 
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.binary_mlp", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def run_cli(workdir, *flags) -> subprocess.CompletedProcess:
+    """Runs the binary_mlp experiment's command line to the end."""
+    process = start_experiment("binary_mlp", workdir, *flags)
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def test_command_line_trains_with_overrides_and_resumes(tmp_path):
     workdir = str(tmp_path / "binary")
-    first = run_cli(f"--workdir={workdir}", "--config.num_epochs=30", "--config.progress_bar=False")
+    first = run_cli(workdir, "--config.num_epochs=30", "--config.progress_bar=False")
     assert first.returncode == 0, first.stderr
     assert "Done: eval accuracy 0.9" in first.stdout
-    again = run_cli(f"--workdir={workdir}", "--config.num_epochs=30", "--config.progress_bar=False")
+    again = run_cli(workdir, "--config.num_epochs=30", "--config.progress_bar=False")
     assert again.returncode == 0, again.stderr
     assert "Resumed from" in again.stdout and "step 420" in again.stdout
 
 
 def test_command_line_rejects_an_unknown_config_key(tmp_path):
-    result = run_cli(f"--workdir={tmp_path}", "--config.learning_rat=0.1")
+    result = run_cli(tmp_path, "--config.learning_rat=0.1")
     assert result.returncode != 0
     assert "learning_rat" in result.stderr
