@@ -23,3 +23,37 @@ def mean_squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     """Squared error averaged over all but the batch axis."""
     squared = jnp.square(predictions - targets.astype(predictions.dtype))
     return squared.reshape(squared.shape[0], -1).mean(axis=-1)
+
+
+GAN_LOSSES = ("non_saturating", "hinge")
+
+
+def _check_gan_loss(kind: str) -> None:
+    if kind not in GAN_LOSSES:
+        raise ValueError(f"Unknown GAN loss {kind!r}; valid losses: {list(GAN_LOSSES)}")
+
+
+def gan_discriminator_loss(
+    real_logits_B: jax.Array, fake_logits_B: jax.Array, kind: str, real_label: float = 1.0
+) -> jax.Array:
+    """Per-pair discriminator loss on D(x) and D(G(z)) logits.
+
+    `non_saturating`: binary cross-entropy with targets `real_label` (below 1 for one-sided
+    label smoothing) and 0, from logits, so it stays finite when D is sure. `hinge`:
+    relu(1 - D(x)) + relu(1 + D(G(z))) (Lim & Ye, 2017); `real_label` does not apply.
+    """
+    _check_gan_loss(kind)
+    if kind == "hinge":
+        return jax.nn.relu(1.0 - real_logits_B) + jax.nn.relu(1.0 + fake_logits_B)
+    real_targets_B = jnp.full_like(real_logits_B, real_label)
+    return optax.sigmoid_binary_cross_entropy(
+        real_logits_B, real_targets_B
+    ) + sigmoid_binary_cross_entropy(fake_logits_B, jnp.zeros_like(fake_logits_B))
+
+
+def gan_generator_loss(fake_logits_B: jax.Array, kind: str) -> jax.Array:
+    """Per-example generator loss: -log D(G(z)) (non-saturating, from logits) or -D(G(z))."""
+    _check_gan_loss(kind)
+    if kind == "hinge":
+        return -fake_logits_B
+    return sigmoid_binary_cross_entropy(fake_logits_B, jnp.ones_like(fake_logits_B))

@@ -62,3 +62,41 @@ def create_train_state(
 def count_params(params) -> int:
     """Number of scalar parameters in a pytree."""
     return sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
+@struct.dataclass
+class GANState:
+    """A generator and a discriminator, each a TrainState with its own optimizer.
+
+    `step` counts GAN iterations (one or more discriminator updates, then one generator
+    update); each network's own `step` counts its updates. `latent_dim` is static.
+    """
+
+    step: jax.Array
+    generator: TrainState
+    discriminator: TrainState
+    latent_dim: int = struct.field(pytree_node=False)
+
+    @property
+    def params(self) -> dict:
+        """Both networks' parameters, for counting and inspection."""
+        return {"generator": self.generator.params, "discriminator": self.discriminator.params}
+
+
+def create_gan_state(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    g_tx: optax.GradientTransformation,
+    d_tx: optax.GradientTransformation,
+    latent_dim: int,
+    image_shape: Sequence[int],
+    rng: jax.Array,
+) -> GANState:
+    """Both networks initialised from independent keys of `rng`."""
+    g_rng, d_rng = jax.random.split(rng)
+    return GANState(
+        step=jnp.zeros((), jnp.int32),
+        generator=create_train_state(generator, g_tx, (latent_dim,), g_rng),
+        discriminator=create_train_state(discriminator, d_tx, image_shape, d_rng),
+        latent_dim=latent_dim,
+    )
