@@ -128,10 +128,18 @@ class QualityMetric:
 
     `real_images` ([N, H, W, C] in [0, 1]) are summarised once; every call scores
     `num_samples` images from `sample(num)` (default: as many as the real images).
+    `classifier_accuracy` records the classifier's eval accuracy, if its maker knows it.
     """
 
-    def __init__(self, classifier: TrainState, real_images: np.ndarray, num_samples: int = 0):
+    def __init__(
+        self,
+        classifier: TrainState,
+        real_images: np.ndarray,
+        num_samples: int = 0,
+        classifier_accuracy: float = float("nan"),
+    ):
         self.classifier = classifier
+        self.classifier_accuracy = classifier_accuracy
         self.num_samples = num_samples or len(real_images)
         self.real_features, self.real_probs = batched_outputs(classifier, real_images)
 

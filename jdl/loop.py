@@ -298,9 +298,12 @@ def train_and_evaluate(
                         writer.write(
                             step, epoch, {**train_metrics, "train/examples_per_sec": speed}
                         )
-                        bar.set_postfix(
-                            loss=f"{train_metrics['train/loss']:.4f}", ex_s=f"{speed:,.0f}"
-                        )
+                        losses = {
+                            k.removeprefix("train/"): f"{v:.4f}"
+                            for k, v in train_metrics.items()
+                            if k.endswith("loss")
+                        }
+                        bar.set_postfix(**losses, ex_s=f"{speed:,.0f}")
                     bar.update(done)
                     if evaluate_now:
                         eval_metrics = run_eval(state, epoch)

@@ -13,10 +13,11 @@ import ml_collections
 from jdl.data import Dataset
 from jdl.tasks.base import Task
 from jdl.tasks.classification import classification_task
+from jdl.tasks.gan import gan_task
 
 TaskFactory = Callable[..., Task]  # (config, dataset, **task fields) -> Task
 
-TASKS: dict[str, TaskFactory] = {"classification": classification_task}
+TASKS: dict[str, TaskFactory] = {"classification": classification_task, "gan": gan_task}
 
 
 def task_fields(factory: TaskFactory) -> list[str]:

@@ -7,7 +7,7 @@ keyword arguments of `gan_task`.
 """
 
 import functools
-import logging
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from jdl.state import GANState, TrainState, create_gan_state, create_train_state
 from jdl.steps.classification import eval_step, train_step
 from jdl.steps.gan import from_tanh_range, gan_eval_step, gan_train_step, generate
 from jdl.steps.metrics import merge, summarize
-from jdl.tasks import Task
+from jdl.tasks.base import Task
+from jdl.tasks.classification import init_rng
 
 CLASSIFIER_HIDDEN = 128  # width of the feature layer the Frechet distance is measured on
 CLASSIFIER_LEARNING_RATE = 1e-3
@@ -55,7 +56,7 @@ def build_gan(model_config: Mapping[str, Any], image_shape) -> tuple[Generator, 
     return modules[0], modules[1]
 
 
-def train_classifier(dataset: Dataset, num_epochs: int, seed: int) -> tuple[TrainState, float]:
+def train_classifier(dataset: Dataset, num_steps: int, seed: int) -> tuple[TrainState, float]:
     """The CNN(32, 64) + Dense(128) feature network, trained with Adam; returns its eval accuracy.
 
     Each process trains on its own train shard, so in multi-process runs every process
@@ -66,8 +67,8 @@ def train_classifier(dataset: Dataset, num_epochs: int, seed: int) -> tuple[Trai
     state = create_train_state(model, tx, dataset.info.input_shape, jax.random.key(seed))
     step, evaluate = jax.jit(train_step), jax.jit(eval_step)
     rng = jax.random.key(seed)
-    for epoch in range(num_epochs):
-        for batch in dataset.train_batches(epoch):
+    for epoch in range(-(-num_steps // dataset.steps_per_epoch)):
+        for batch in itertools.islice(dataset.train_batches(epoch), num_steps - int(state.step)):
             state, _ = step(state, batch, rng)
     totals = None
     for batch in dataset.eval_batches():
@@ -81,16 +82,25 @@ def eval_images(dataset: Dataset) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def quality_metric(
+    dataset: Dataset, classifier_steps: int, seed: int, fid_samples: int
+) -> gan_eval.QualityMetric:
+    """FID and IS against the eval split, with a classifier trained on the train split."""
+    classifier, accuracy = train_classifier(dataset, classifier_steps, seed)
+    return gan_eval.QualityMetric(classifier, eval_images(dataset), fid_samples, accuracy)
+
+
 class GANEvaluation:
     """The task's `after_eval`: fixed-noise grid, progress GIF, interpolation, FID and IS."""
 
-    def __init__(self, latent_dim: int, seed: int, grid_rows: int, quality):
+    def __init__(self, latent_dim: int, seed: int, grid_rows: int, make_quality=None):
+        """`make_quality()` builds the QualityMetric at the first evaluation (None: no FID)."""
         self.grid_rows = grid_rows
         rng = jax.random.fold_in(jax.random.key(seed), SAMPLE_SEED_OFFSET)
         grid_rng, self.interp_rng, self.fid_rng = jax.random.split(rng, 3)
         self.grid_z = jax.random.normal(grid_rng, (grid_rows * grid_rows, latent_dim))
         self.latent_dim = latent_dim
-        self.quality = quality
+        self.make_quality, self.quality = make_quality, None
         self._sample = jax.jit(lambda g, z: from_tanh_range(generate(g, z, train=False)[0]))
 
     def samples(self, generator: TrainState, z: jax.Array) -> np.ndarray:
@@ -100,8 +110,10 @@ class GANEvaluation:
         generator = jax.device_get(state.generator)
         if jax.process_index() == 0:
             self.write_images(generator, epoch, Path(workdir))
-        if self.quality is None:
+        if self.make_quality is None:
             return {}
+        if self.quality is None:  # trained lazily: building a state for a restore skips it
+            self.quality = self.make_quality()
 
         def sample(num):
             z = jax.random.normal(self.fid_rng, (num, self.latent_dim))
@@ -109,7 +121,7 @@ class GANEvaluation:
                 [self.samples(generator, z[i : i + 500]) for i in range(0, num, 500)]
             )
 
-        return self.quality(sample)
+        return {**self.quality(sample), "classifier_accuracy": self.quality.classifier_accuracy}
 
     def write_images(self, generator: TrainState, epoch: int, workdir: Path) -> None:
         """samples/epoch_NNN.png, samples/progress.gif (all epochs so far), interpolation.png."""
@@ -134,7 +146,7 @@ def gan_task(
     d_steps: int = 1,
     latent_dim: int = 100,
     beta1: float = 0.5,
-    classifier_epochs: int = 2,
+    classifier_steps: int = 1000,
     fid_samples: int = 0,
     grid_rows: int = 8,
 ) -> Task:
@@ -142,9 +154,9 @@ def gan_task(
 
     `loss`: "non_saturating" or "hinge"; `label_smoothing`: one-sided, on real images;
     `d_steps`: discriminator updates per generator update; `beta1`: Adam's beta1 for both
-    networks. `classifier_epochs` > 0 trains the FID feature classifier for that many
-    epochs at start-up (0 turns FID and IS off); `fid_samples` generated images are scored
-    (0: as many as the eval split). `grid_rows` x `grid_rows` images per sample grid.
+    networks. `classifier_steps` > 0 trains the FID feature classifier for that many
+    steps at the first evaluation (0 turns FID and IS off); `fid_samples` generated
+    images are scored (0: as many as the eval split). Sample grids are `grid_rows` square.
     """
     if loss not in GAN_LOSSES:
         raise ValueError(f"Unknown GAN loss {loss!r}; valid losses: {list(GAN_LOSSES)}")
@@ -164,13 +176,13 @@ def gan_task(
         make_tx(),
         latent_dim,
         image_shape,
-        jax.random.key(config.seed),
+        init_rng(config),
     )
     quality = None
-    if classifier_epochs > 0:
-        classifier, accuracy = train_classifier(dataset, classifier_epochs, config.seed)
-        logging.info("FID classifier: eval accuracy %.4f", accuracy)
-        quality = gan_eval.QualityMetric(classifier, eval_images(dataset), fid_samples)
+    if classifier_steps > 0:
+        quality = functools.partial(
+            quality_metric, dataset, classifier_steps, config.seed, fid_samples
+        )
     step_options = {"loss": loss, "label_smoothing": label_smoothing, "d_steps": d_steps}
     return Task(
         state=state,
