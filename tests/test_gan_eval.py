@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import dcgan
+from experiments import dcgan, digits_dcgan
 from jdl import gan_eval, train_and_evaluate
 from jdl.checkpointing import Checkpointer
+from jdl.config import validate_config
 from jdl.data import from_arrays
 from jdl.data.embedded import digits_splits, load_embedded
 from jdl.state import GANState
@@ -135,3 +136,8 @@ def test_dcgan_experiment_writes_grids_and_fid_and_checkpoints_both_optimizers(t
         np.testing.assert_array_equal(actual, expected)
     assert int(restored.generator.opt_state[0].count) == 4
     assert int(restored.discriminator.opt_state[0].count) == 4
+
+
+@pytest.mark.parametrize("experiment", [dcgan, digits_dcgan], ids=lambda e: e.__name__)
+def test_gan_configs_use_only_the_shared_vocabulary(experiment):
+    validate_config(experiment.get_config())
