@@ -20,12 +20,17 @@ SMALL_G = (32, 16, 8)
 SMALL_D = (8, 16, 32)
 DIGIT_SHAPE = (8, 8, 1)
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
-jitted_train_step = jax.jit(gan_train_step, static_argnames=("loss", "label_smoothing", "d_steps"))
+NUM_STEPS = 2  # per compile mode
+BATCH = 16
+D_STEPS = 2
 
 
 @functools.cache
-def small_state(d_batch_norm: bool = False):
-    """Small networks for 8x8 digits, on the host (so that donating a device copy is safe)."""
+def small_state(d_batch_norm: bool = True):
+    """Small networks for 8x8 digits, on the host (so that donating a device copy is safe).
+
+    Batch norm in both networks: under pmap its statistics must span all devices.
+    """
     tx = optax.adam(2e-3, b1=0.5)
     state = create_gan_state(
         Generator(image_shape=DIGIT_SHAPE, widths=SMALL_G),
@@ -126,7 +131,7 @@ def test_gan_losses_are_stable_and_follow_their_definitions():
 
 
 def test_training_changes_both_networks_and_reports_its_metrics():
-    trained, initial = train_in_mode("jit"), small_state(d_batch_norm=True)
+    trained, initial = train_in_mode("jit"), small_state()
     for net in ("generator", "discriminator"):
         old = jax.tree.leaves((initial.params[net], getattr(initial, net).batch_stats))
         new = jax.tree.leaves(trained["variables"][net])
@@ -145,26 +150,26 @@ def test_d_steps_must_be_positive():
 
 def test_with_the_generator_frozen_the_discriminator_loss_falls():
     update = jax.jit(functools.partial(discriminator_update, loss="non_saturating", real_label=1.0))
-    state = small_state()
+    state = small_state(d_batch_norm=False)  # (with it, see jdl/models/gan.py)
     losses_per_step = []
     for i in range(15):
         real = digit_batch(i)["image"] * 2 - 1
         state, loss_B, _, _ = update(state, real, jax.random.key(i))
         losses_per_step.append(float(jnp.mean(loss_B)))
-    jax.tree.map(np.testing.assert_array_equal, state.generator, small_state().generator)
+    jax.tree.map(
+        np.testing.assert_array_equal, state.generator, small_state(d_batch_norm=False).generator
+    )
     assert np.mean(losses_per_step[-3:]) < 0.5 * losses_per_step[0]
 
 
 def test_both_losses_stay_finite_for_50_steps_on_digits_with_two_d_steps_per_g_step():
-    state, rng = small_state(), jax.random.key(0)
+    strategy, step = compiled_step("jit")
+    state, rng = strategy.put_replicated(small_state()), jax.random.key(0)
     for i in range(50):
-        state, metrics = jitted_train_step(state, digit_batch(i), rng, d_steps=2)
+        state, metrics = step(state, digit_batch(i, batch_size=BATCH), rng)
         assert np.isfinite(float(metrics["d_loss"])) and np.isfinite(float(metrics["g_loss"]))
-    assert (int(state.step), int(state.generator.step), int(state.discriminator.step)) == (
-        50,
-        50,
-        100,
-    )
+    steps = (int(state.step), int(state.generator.step), int(state.discriminator.step))
+    assert steps == (50, 50, 50 * D_STEPS)
 
 
 def test_eval_step_is_deterministic_and_skips_padding():
@@ -179,16 +184,17 @@ def test_eval_step_is_deterministic_and_skips_padding():
     assert float(real_only["d_real"]) == pytest.approx(float(metrics["d_real"]), rel=1e-5)
 
 
-NUM_STEPS = 2
-BATCH = 16
+@functools.cache
+def compiled_step(mode: str):
+    """The strategy and its compiled train step: two D steps per G step, label smoothing."""
+    strategy = Strategy(mode)
+    return strategy, strategy.compile_train(gan_train_step, d_steps=D_STEPS, label_smoothing=0.1)
 
 
 @functools.cache
 def train_in_mode(mode: str) -> dict:
-    strategy = Strategy(mode)
-    step = strategy.compile_train(gan_train_step, label_smoothing=0.1)
-    # Batch norm in both networks: under pmap its statistics must span all devices.
-    state = strategy.put_replicated(small_state(d_batch_norm=True))
+    strategy, step = compiled_step(mode)
+    state = strategy.put_replicated(small_state())
     rng = strategy.put_replicated(jax.random.key(4))
     totals = []
     for i in range(NUM_STEPS):
