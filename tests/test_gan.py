@@ -236,3 +236,33 @@ def test_eval_in_data_parallel_modes_counts_real_examples_once(mode):
         jax.device_get(metrics),
         jax.device_get(expected),
     )
+
+
+def test_k_steps_in_one_call_equal_k_single_steps():
+    strategy = Strategy("jit")
+    # lax.scan (not unrolled): it compiles one step's program, the cheaper check in CI time.
+    steps = strategy.compile_train_steps(
+        gan_train_step, unroll=False, d_steps=D_STEPS, label_smoothing=0.1
+    )
+    batches = [digit_batch(i, batch_size=BATCH) for i in range(NUM_STEPS)]
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *batches)
+    state, metrics = steps(
+        strategy.put_replicated(small_state()),
+        strategy.put_batch(stacked, stacked=True),
+        strategy.put_replicated(jax.random.key(4)),
+    )
+    reference = train_in_mode("jit")
+    jax.tree.map(
+        lambda a, e: np.testing.assert_allclose(a, e, **TOLERANCE),
+        jax.device_get(metrics),
+        reference["metrics"],
+    )
+    variables = {
+        net: (getattr(state, net).params, getattr(state, net).batch_stats)
+        for net in ("generator", "discriminator")
+    }
+    jax.tree.map(
+        lambda a, e: np.testing.assert_allclose(a, e, **TOLERANCE),
+        jax.device_get(variables),
+        reference["variables"],
+    )
