@@ -24,6 +24,9 @@ import jax
 import numpy as np
 import optax
 
+# Keras reads its backend once, at its first import, which TensorFlow (tfds) may trigger.
+os.environ["KERAS_BACKEND"] = "jax"
+
 from benchmarks.train_speed import (
     BATCH,
     LEARNING_RATE,
@@ -55,12 +58,12 @@ def load(dataset: str, data_dir: str | None) -> tuple[np.ndarray, ...]:
     import tensorflow_datasets as tfds
 
     builder = prepared_builder(dataset, data_dir, download=True)
-    splits = [tfds.as_numpy(builder.as_dataset(split=s, batch_size=-1)) for s in ("train", "test")]
-    return tuple(
-        a
-        for split in splits
-        for a in (split["image"].astype(np.float32) / 255.0, split["label"].astype(np.int32))
-    )
+    arrays = []
+    for split in ("train", "test"):
+        chunks = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000)))
+        arrays.append(np.concatenate([c["image"] for c in chunks]).astype(np.float32) / 255.0)
+        arrays.append(np.concatenate([c["label"] for c in chunks]).astype(np.int32))
+    return tuple(arrays)
 
 
 def epoch_batches(num_examples: int, steps_per_call: int, max_epochs: int, seed: int):
