@@ -99,7 +99,12 @@ def sequence_model(cell="lstm", **fields):
 
 @pytest.mark.parametrize(
     ("cell", "bidirectional", "pooling"),
-    [("rnn", False, "last"), ("lstm", True, "last"), ("gru", True, "mean"), ("lstm", False, "mean")],
+    [
+        ("rnn", False, "last"),
+        ("lstm", True, "last"),
+        ("gru", True, "mean"),
+        ("lstm", False, "mean"),
+    ],
 )
 def test_padding_never_changes_a_result(cell, bidirectional, pooling):
     """Each sequence of a padded batch gives what it gives alone, unpadded (2 layers)."""

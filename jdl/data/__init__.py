@@ -21,9 +21,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     # Sequences (batches with `sequence` [B, T, D] or `tokens` [B, T]).
     "adding_problem": load_adding_problem,  # options: seq_len, num_train, num_eval, data_seed
     "seq_mnist": functools.partial(load_row_sequences, functools.partial(load_tfds, "mnist")),
-    "seq_digits": functools.partial(
-        load_row_sequences, functools.partial(load_embedded, "digits")
-    ),
+    "seq_digits": functools.partial(load_row_sequences, functools.partial(load_embedded, "digits")),
     "imdb_reviews": load_imdb_reviews,  # options: max_len, tokenizer, vocab_size, vocab_file
     "tiny_shakespeare": load_tiny_shakespeare,  # options: seq_len
 }

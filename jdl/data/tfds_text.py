@@ -94,7 +94,7 @@ def words(text: str) -> list[str]:
 
 
 def build_vocabulary(texts: Sequence[str], size: int) -> tuple[str, ...]:
-    """"<pad>", "<unk>", then the `size` - 2 most frequent words (ties by spelling)."""
+    """ "<pad>", "<unk>", then the `size` - 2 most frequent words (ties by spelling)."""
     counts = collections.Counter(word for text in texts for word in words(text))
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return ("<pad>", "<unk>", *(word for word, _ in ranked[: size - 2]))

@@ -20,6 +20,11 @@ from jdl.state import TrainState
 from jdl.steps.classification import bind_axis, example_weights, model_inputs, model_kwargs
 
 
+def _summed(tree, axis_name: str | None):
+    """`tree` summed over the mapped axis (unchanged outside one)."""
+    return tree if axis_name is None else lax.psum(tree, axis_name)
+
+
 def _fit(
     state: TrainState,
     inputs: jax.Array,
@@ -43,17 +48,14 @@ def _fit(
             variables, inputs, **kwargs, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
         )
         loss, weights = loss_terms(outputs)
-        mean_loss = jnp.sum(loss * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+        # Divided by the global weight (token counts differ between devices), so that the
+        # gradients summed over devices are those of the mean over the whole batch.
+        mean_loss = jnp.sum(loss * weights) / jnp.maximum(_summed(jnp.sum(weights), axis_name), 1)
         return mean_loss, (outputs, updates.get("batch_stats", {}))
 
     grads, (outputs, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-    if axis_name is not None:
-        grads = lax.pmean(grads, axis_name)
+    grads = _summed(grads, axis_name)
     return state.apply_gradients(grads, batch_stats), outputs
-
-
-def _summed(metrics: dict, axis_name: str | None) -> dict:
-    return metrics if axis_name is None else lax.psum(metrics, axis_name)
 
 
 # --- regression -------------------------------------------------------------------------
