@@ -1,4 +1,4 @@
-"""Checkpoints of a `TrainState`: keep the latest and the best, restore under any compile mode.
+"""Checkpoints of a training state: keep the latest and the best, restore under any compile mode.
 
 Orbax API: `ocp.CheckpointManager` with `ocp.args.Composite(state=StandardSave,
 metadata=JsonSave)` and a `preservation_policy`. It is orbax's stable API for
@@ -8,25 +8,25 @@ replaces a good checkpoint), every process calls it and orbax coordinates them,
 saves can run in the background, and `LatestN` / `BestN` decide what to keep.
 (The `experimental.v1` training Checkpointer does the same but is still experimental.)
 
-Only the array fields are saved, as host NumPy arrays, so the files do not depend on
+Only the array (pytree) fields are saved, as host NumPy arrays, so the files do not depend on
 the device count or compile mode. A restore reads the shapes recorded on disk first,
 so a checkpoint of another model fails with a message naming the differing leaves,
 and then lets orbax place every leaf directly with the template leaf's sharding.
 """
 
+import dataclasses
 import logging
 import operator
 import os
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
-from jdl.state import TrainState
-
 logger = logging.getLogger(__name__)
+State = TypeVar("State")  # a flax struct dataclass of arrays and static fields
 
 
 class _QuietUnrankedSaves(logging.Filter):
@@ -38,7 +38,6 @@ class _QuietUnrankedSaves(logging.Filter):
 
 logging.getLogger("absl").addFilter(_QuietUnrankedSaves())
 
-ARRAY_FIELDS = ("step", "params", "opt_state", "batch_stats")
 MAX_LISTED = 5  # leaves named per kind of mismatch in an error message
 
 
@@ -50,9 +49,16 @@ class CheckpointMismatchError(CheckpointError):
     """A readable checkpoint whose leaves differ from the template's (another model)."""
 
 
-def array_fields(state: TrainState) -> dict[str, Any]:
-    """The saved part of a state: its four array fields."""
-    return {name: getattr(state, name) for name in ARRAY_FIELDS}
+def array_fields(state: Any) -> dict[str, Any]:
+    """The saved part of a state (a flax struct dataclass): its pytree fields.
+
+    Static fields (models, optimizers) define the computation, not its values.
+    """
+    return {
+        field.name: getattr(state, field.name)
+        for field in dataclasses.fields(state)
+        if field.metadata.get("pytree_node", True)
+    }
 
 
 def key_name(key: Any) -> str:
@@ -103,7 +109,7 @@ def check_compatible(saved: dict, expected: dict, step: int) -> None:
 
 
 class Checkpointer:
-    """Saves and restores `TrainState`s in `directory`, one subdirectory per step.
+    """Saves and restores training states (`TrainState`, ...) in `directory`, a folder per step.
 
     Keeps the newest `max_to_keep` checkpoints and, when `best_metric` is given, the
     `keep_best` best by that metric (`best_mode` "max" or "min"); a checkpoint that is
@@ -162,7 +168,7 @@ class Checkpointer:
     def save(
         self,
         step: int,
-        state: TrainState,
+        state: State,
         *,
         metadata: dict,
         metrics: dict[str, float] | None = None,
@@ -194,7 +200,7 @@ class Checkpointer:
         """The kept step with the best `best_metric`; None without a metric or ranked saves."""
         return self._manager.best_step() if self.best_metric is not None else None
 
-    def restore(self, template: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
+    def restore(self, template: State, step: int | None = None) -> tuple[State, dict]:
         """(state, metadata) of `step`, or of the newest checkpoint that restores if None.
 
         The state takes `template`'s structure and each leaf the template leaf's sharding.
@@ -222,7 +228,7 @@ class Checkpointer:
             f"No checkpoint in {self.directory} could be restored (steps tried: {steps})."
         )
 
-    def _restore_step(self, template: TrainState, step: int) -> tuple[TrainState, dict]:
+    def _restore_step(self, template: State, step: int) -> tuple[State, dict]:
         """Restores one step; CheckpointError if it is unreadable or does not fit."""
         expected = array_fields(template)
         try:

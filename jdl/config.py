@@ -34,6 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment_shift = 0  # random translation of training images by up to this many pixels
     # Model: `name` picks from jdl.models.MODELS, the other fields are its attributes.
     c.model = ml_collections.ConfigDict({"name": "cnn"})
+    # Task: `name` picks from jdl.tasks.TASKS, the other fields are its factory's options.
+    c.task = ml_collections.ConfigDict({"name": "classification"})
+    # Extra keyword options of the dataset's loader (e.g. {"seq_len": 100}); {} for none.
+    c.data = ml_collections.ConfigDict()
     # Execution.
     c.seed = 0
     c.parallel = "jit"  # jit | sharded | pmap
@@ -62,7 +66,7 @@ def validate_config(config: Mapping) -> ml_collections.ConfigDict:
     unknown = sorted(set(config) - set(merged))
     if unknown:
         raise ValueError(f"Unknown config key(s) {unknown}; valid keys: {sorted(merged)}")
-    for key, value in dict(config).items():  # assignment: a given `model` replaces the default
+    for key, value in dict(config).items():  # assignment: a given sub-config replaces the default
         merged[key] = value
     if merged.parallel not in MODES:
         raise ValueError(f"Unknown compile mode parallel={merged.parallel!r}; valid: {list(MODES)}")
@@ -72,3 +76,8 @@ def validate_config(config: Mapping) -> ml_collections.ConfigDict:
     if merged.num_steps is None and merged.num_epochs < 1:
         raise ValueError(f"Config num_epochs must be >= 1, got {merged.num_epochs}")
     return merged
+
+
+def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """Steps of the whole run: `num_steps` if set, else `num_epochs` epochs."""
+    return config.num_steps or config.num_epochs * steps_per_epoch

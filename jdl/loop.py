@@ -1,11 +1,11 @@
 """`train_and_evaluate(config, workdir)`: the one side-effecting training loop."""
 
 import dataclasses
-import functools
 import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
@@ -14,21 +14,25 @@ from tqdm.auto import tqdm
 
 from jdl import distributed
 from jdl.checkpointing import Checkpointer, CheckpointMismatchError
-from jdl.config import validate_config
+from jdl.config import total_train_steps, validate_config
 from jdl.data import Dataset, load_dataset
-from jdl.metrics import EarlyStopping, MetricWriter, check_finite, read_records
-from jdl.models import build_model
-from jdl.optimizers import make_optimizer
+from jdl.metrics import (
+    EarlyStopping,
+    MetricWriter,
+    check_finite,
+    lower_is_better,
+    read_records,
+)
 from jdl.parallel import Strategy
 from jdl.parallel.prefetch import prefetch
 from jdl.plots import plot_curves
 from jdl.preemption import PreemptedError, StopRequests
-from jdl.state import TrainState, count_params, create_train_state
-from jdl.steps import eval_step, train_step
+from jdl.state import count_params
 from jdl.steps.metrics import merge, summarize
+from jdl.tasks import make_task
 
 
-def evaluate(eval_fn, state: TrainState, dataset: Dataset, strategy: Strategy) -> dict:
+def evaluate(eval_fn, state, dataset: Dataset, strategy: Strategy) -> dict:
     """Mean eval metrics over every example of the eval split (padding masked out)."""
     totals = None
     for batch in dataset.eval_batches():
@@ -60,11 +64,8 @@ def _stack(batches: list[dict]) -> dict:
 class _Trainer:
     """Runs one epoch's steps through the fastest compiled form the config allows."""
 
-    def __init__(self, config, strategy: Strategy, dataset: Dataset):
+    def __init__(self, config, strategy: Strategy, dataset: Dataset, step):
         self.config, self.strategy, self.dataset = config, strategy, dataset
-        step = functools.partial(
-            train_step, label_smoothing=config.label_smoothing, max_shift=config.augment_shift
-        )
         self.single = strategy.compile_train(step)
         if config.data_on_device:
             self.epoch_fn = strategy.compile_train_epoch(step, config.batch_size)
@@ -116,7 +117,7 @@ class _Window:
     def read(self, step: int) -> tuple[dict, float]:
         """Mean train metrics (NaN-checked) and examples/s since the last read; resets."""
         metrics = {f"train/{k}": v for k, v in summarize(self.sums).items()}
-        check_finite(metrics["train/loss"], self.start + 1, step)
+        check_finite(metrics, self.start + 1, step)
         seconds = time.perf_counter() - self.clock
         examples = (step - self.start) * self.batch_size
         if self.start > self.first_step:  # the first window includes compilation
@@ -141,11 +142,17 @@ def _say(message: str) -> None:
         tqdm.write(message)
 
 
+def _describe(eval_metrics: dict[str, float], first: str) -> str:
+    """`eval accuracy 0.9917, eval loss 0.0301`: the metric `first` leads."""
+    names = sorted(eval_metrics, key=lambda name: name != first)
+    return ", ".join(f"{name.replace('/', ' ')} {eval_metrics[name]:.4f}" for name in names)
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What a run leaves in memory: the final state (on the host) and its metrics."""
 
-    state: TrainState
+    state: Any
     metrics: dict
 
 
@@ -176,27 +183,19 @@ def load_config_dataset(config: ml_collections.ConfigDict) -> Dataset:
         seed=config.seed,
         data_dir=config.data_dir,
         download=config.download,
+        **config.data,
     )
 
 
-def total_train_steps(config: ml_collections.ConfigDict, dataset: Dataset) -> int:
-    return config.num_steps or config.num_epochs * dataset.steps_per_epoch
-
-
-def create_state(config: ml_collections.ConfigDict, dataset: Dataset) -> TrainState:
-    """The initial state: model sized to the data, optimizer scheduled over the whole run."""
-    info = dataset.info
-    # Two classes are one sigmoid logit; more are softmax logits.
-    model = build_model(config.model, 1 if info.num_classes == 2 else info.num_classes)
-    tx = make_optimizer(config, total_train_steps(config, dataset))
-    init_rng = jax.random.fold_in(jax.random.key(config.seed), 0)
-    return create_train_state(model, tx, info.input_shape, init_rng)
+def create_state(config: ml_collections.ConfigDict, dataset: Dataset):
+    """The initial host state of the task `config` names (for restoring checkpoints)."""
+    return make_task(config, dataset).state
 
 
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str | Path, dataset: Dataset | None = None
 ) -> TrainResult:
-    """Trains and evaluates a classifier as `config` says, resuming from `workdir` if it can.
+    """Trains and evaluates the task `config` names, resuming from `workdir` if it can.
 
     `dataset` (e.g. `jdl.data.from_arrays(...)`) replaces the one `config.dataset` names.
     Writes workdir/metrics.jsonl, TensorBoard events, checkpoints/ and curves.png. Raises
@@ -215,11 +214,12 @@ def train_and_evaluate(
     strategy.check_batch_size(config.eval_batch_size)
     dataset = dataset or load_config_dataset(config)
     info, steps_per_epoch = dataset.info, dataset.steps_per_epoch
-    total_steps = total_train_steps(config, dataset)
+    total_steps = total_train_steps(config, steps_per_epoch)
     num_epochs = -(-total_steps // steps_per_epoch)
-    state = create_state(config, dataset)
+    task = make_task(config, dataset)
+    state = task.state
 
-    best_mode = "min" if config.best_metric.endswith("loss") else "max"
+    best_mode = "min" if lower_is_better(config.best_metric) else "max"
     checkpointer = Checkpointer(
         workdir / "checkpoints",
         max_to_keep=config.keep_checkpoints,
@@ -245,11 +245,18 @@ def train_and_evaluate(
 
     state = strategy.put_replicated(state)
     rng = strategy.put_replicated(jax.random.fold_in(jax.random.key(config.seed), 1))
-    trainer = _Trainer(config, strategy, dataset)
-    eval_fn = strategy.compile_eval(eval_step)
+    trainer = _Trainer(config, strategy, dataset, task.train_step)
+    eval_fn = strategy.compile_eval(task.eval_step)
     stopper = EarlyStopping(config.best_metric, config.early_stopping_patience, best_mode)
 
-    def save(state: TrainState, epoch: int, metrics: dict | None = None):
+    def run_eval(state, epoch: int) -> dict:
+        metrics = evaluate(eval_fn, state, dataset, strategy)
+        if task.after_eval is not None:
+            extra = task.after_eval(state, epoch, workdir)
+            metrics.update({f"eval/{name}": value for name, value in extra.items()})
+        return metrics
+
+    def save(state, epoch: int, metrics: dict | None = None):
         host_state = strategy.to_host(state)
         checkpointer.save(
             int(host_state.step), host_state, metadata={"epoch": epoch}, metrics=metrics, force=True
@@ -296,7 +303,7 @@ def train_and_evaluate(
                         )
                     bar.update(done)
                     if evaluate_now:
-                        eval_metrics = evaluate(eval_fn, state, dataset, strategy)
+                        eval_metrics = run_eval(state, epoch)
                         writer.write(step, epoch, eval_metrics)
                         shown = {**train_metrics, **eval_metrics}
                         _say(
@@ -318,7 +325,7 @@ def train_and_evaluate(
                 f"{workdir / 'checkpoints'}. Run the same command again to continue."
             )
         if not eval_metrics:  # nothing left to train (a finished workdir): still report
-            eval_metrics = evaluate(eval_fn, state, dataset, strategy)
+            eval_metrics = run_eval(state, num_epochs)
     finally:
         bar.close()
         checkpointer.close()
@@ -346,7 +353,7 @@ def train_and_evaluate(
     )
     _say(
         f"Done{' (early stop)' if early_stop else ''}: "
-        f"eval accuracy {summary['eval/accuracy']:.4f}, eval loss {summary['eval/loss']:.4f}, "
+        f"{_describe(eval_metrics, config.best_metric)}, "
         f"{speed}, {wall:.1f} s wall time, step {step}. Workdir: {workdir}"
     )
     return TrainResult(state=strategy.to_host(state), metrics=summary)

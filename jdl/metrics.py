@@ -55,19 +55,29 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
 
-def check_finite(loss: float, first_step: int, last_step: int) -> None:
-    """Raises NonFiniteLossError naming the steps whose summed loss was not finite."""
-    if not math.isfinite(loss):
+def check_finite(metrics: dict[str, float], first_step: int, last_step: int) -> None:
+    """Raises NonFiniteLossError naming the metric and steps where a loss was not finite.
+
+    Every metric whose name ends in `loss` counts (a GAN has two).
+    """
+    for name, loss in metrics.items():
+        if not name.endswith("loss") or math.isfinite(loss):
+            continue
         span = last_step - first_step + 1
         where = (
             f"step {last_step}"
             if span == 1
-            else (f"steps {first_step}-{last_step} (metrics are read once per {span} steps)")
+            else f"steps {first_step}-{last_step} (metrics are read once per {span} steps)"
         )
         raise NonFiniteLossError(
-            f"Training loss became {loss} at {where}; the last checkpoint before it is kept. "
-            "Lower the learning rate or enable grad_clip_norm."
+            f"Training loss {name} became {loss} at {where}; the last checkpoint before it is "
+            "kept. Lower the learning rate or enable grad_clip_norm."
         )
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether smaller values of `metric` are better (losses, errors, distances)."""
+    return any(word in metric for word in ("loss", "mse", "fid", "distance", "error"))
 
 
 class EarlyStopping:

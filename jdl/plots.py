@@ -1,5 +1,6 @@
-"""PNG figures of a run: loss and accuracy curves from metrics.jsonl."""
+"""PNG figures of a run: one panel per metric of metrics.jsonl, train and eval together."""
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -7,12 +8,30 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+NOT_PLOTTED = ("examples_per_sec",)  # speed is a property of the machine, not of the model
+SPLITS = ("train", "eval")
+MAX_COLUMNS = 3
+
+
+def metric_names(records: list[dict]) -> list[str]:
+    """Names of the `<split>/<name>` series in `records`, in order of first appearance."""
+    names: dict[str, None] = {}
+    for record in records:
+        for key in record:
+            split, _, name = key.partition("/")
+            if split in SPLITS and name and name not in NOT_PLOTTED:
+                names[name] = None
+    return list(names)
+
 
 def plot_curves(records: list[dict], path: str | Path, title: str = "") -> Path:
-    """Two panels (loss, accuracy) with one line per `<split>/<name>` series, against step."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, name in zip(axes, ("loss", "accuracy"), strict=True):
-        for split in ("train", "eval"):
+    """One panel per metric (loss, accuracy, ...) with a line per split, against step."""
+    names = metric_names(records) or ["loss"]
+    columns = min(len(names), MAX_COLUMNS)
+    rows = math.ceil(len(names) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        for split in SPLITS:
             key = f"{split}/{name}"
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:
@@ -22,6 +41,8 @@ def plot_curves(records: list[dict], path: str | Path, title: str = "") -> Path:
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
+    for ax in axes.flat[len(names) :]:
+        ax.axis("off")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

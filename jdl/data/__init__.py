@@ -6,7 +6,9 @@ Every dataset is a `Dataset`: this process's share of shuffled global train batc
 """
 
 import functools
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 from jdl.data.arrays import from_arrays
 from jdl.data.dataset import Dataset, DatasetInfo, pad_batch
@@ -37,14 +39,22 @@ def load_dataset(
     download: bool = True,
     process_index: int | None = None,
     process_count: int | None = None,
+    **options: Any,
 ) -> Dataset:
     """The dataset registered as `name` in `DATASETS`, batched for this process.
 
     `batch_size` and `eval_batch_size` are global; `data_dir` and `download` concern tfds
-    datasets only; the process index and count default to JAX's.
+    datasets only; the process index and count default to JAX's. `options` are the
+    dataset's own (e.g. a sequence length); unknown ones raise a ValueError listing the valid.
     """
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
+    valid = dataset_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {unknown} for dataset {name!r}; valid options: {valid or 'none'}"
+        )
     return DATASETS[name](
         batch_size=batch_size,
         eval_batch_size=eval_batch_size,
@@ -53,7 +63,18 @@ def load_dataset(
         download=download,
         process_index=process_index,
         process_count=process_count,
+        **options,
     )
+
+
+_COMMON_ARGUMENTS = set(inspect.signature(load_dataset).parameters) - {"name", "options"}
+
+
+def dataset_options(name: str) -> list[str]:
+    """The dataset-specific keyword options of `DATASETS[name]` (config.data's valid keys)."""
+    named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    parameters = inspect.signature(DATASETS[name]).parameters.values()
+    return sorted(p.name for p in parameters if p.kind in named and p.name not in _COMMON_ARGUMENTS)
 
 
 __all__ = [
@@ -62,6 +83,7 @@ __all__ = [
     "DatasetInfo",
     "DatasetUnavailableError",
     "TextDataset",
+    "dataset_options",
     "from_arrays",
     "load_dataset",
     "pad_batch",
