@@ -2,7 +2,8 @@
 masked mean over the review's words -> one logit. The vocabulary (20,000 words of the train
 split) is saved to the vocab_file given, and read back from it on resume.
 
-    python -m experiments.imdb_lstm --workdir runs/imdb --config.data.vocab_file=runs/imdb/vocab.json
+    python -m experiments.imdb_lstm --workdir runs/imdb \
+        --config.data.vocab_file=runs/imdb/vocab.json
 """
 
 import ml_collections

@@ -1,7 +1,7 @@
 """Sequential MNIST: an LSTM reads each 28x28 image one row (28 pixels) per step.
 
-    python -m experiments.seq_mnist --workdir runs/seq_mnist --config.data_dir=~/tensorflow_datasets
-    python -m experiments.seq_mnist --workdir runs/seq_digits --config.dataset=seq_digits
+python -m experiments.seq_mnist --workdir runs/seq_mnist --config.data_dir=~/tensorflow_datasets
+python -m experiments.seq_mnist --workdir runs/seq_digits --config.dataset=seq_digits
 """
 
 import ml_collections

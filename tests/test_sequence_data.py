@@ -29,8 +29,9 @@ def test_adding_problem_marks_one_number_per_half_and_targets_their_sum():
     np.testing.assert_allclose(data["target"], (values * markers).sum(1), rtol=1e-6)
     # Predicting the mean (1) scores the trivial MSE 1/6.
     assert np.mean((data["target"] - 1.0) ** 2) == pytest.approx(ADDING_TRIVIAL_MSE, abs=0.01)
-    np.testing.assert_array_equal(adding_problem_arrays(5_000, 20, seed=3)["target"], data["target"])
-    assert not np.array_equal(adding_problem_arrays(5_000, 20, seed=4)["target"], data["target"])
+    same, other = adding_problem_arrays(5_000, 20, seed=3), adding_problem_arrays(5_000, 20, seed=4)
+    np.testing.assert_array_equal(same["target"], data["target"])
+    assert not np.array_equal(other["target"], data["target"])
 
 
 def test_adding_problem_dataset_pads_float_targets_for_evaluation():
@@ -166,6 +167,4 @@ def test_seq_mnist_on_mock_tfds_and_a_prompt_outside_the_vocabulary(tmp_path):
 
 
 def records_end_with(workdir, result, name: str) -> bool:
-    return read_records(workdir / "metrics.jsonl")[-1][name] == pytest.approx(
-        result.metrics[name]
-    )
+    return read_records(workdir / "metrics.jsonl")[-1][name] == pytest.approx(result.metrics[name])
