@@ -33,11 +33,11 @@ def get_config():
             "embed_dim": 64,
         }
     )
-    c.num_epochs = 20
-    c.batch_size = 64
+    c.num_epochs = 15  # 15 x 243 steps of 32 windows
+    c.batch_size = 32
     c.eval_batch_size = 128
     c.optimizer = "adam"
-    c.learning_rate = 3e-3
+    c.learning_rate = 2e-3
     c.schedule = "warmup_cosine"
     c.warmup_steps = 100
     c.grad_clip_norm = 1.0
