@@ -3,10 +3,9 @@ bidirectional, with sequence-classifier/regressor and language-model heads.
 
 Every cell here receives its input already projected: the input-to-gates matmul of all T time
 steps is one [B*T, D] x [D, G*H] matmul outside the scan, and the scan body keeps only the
-[B, H] x [H, G*H] recurrent matmul and the gate arithmetic (on CPU this roughly halves the time
-per step). Variable-length batches pass `lengths` [B]: padding sits at the end, `nn.RNN` runs
-reverse directions on the valid part only, and the heads read only valid steps, so padding
-never changes a result.
+[B, H] x [H, G*H] recurrent matmul and the gate arithmetic. Variable-length batches pass
+`lengths` [B]: padding sits at the end, `nn.RNN` runs reverse directions on the valid part
+only, and the heads read only valid steps, so padding never changes a result.
 """
 
 from collections.abc import Sequence
