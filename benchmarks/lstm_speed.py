@@ -59,9 +59,13 @@ def _batches(data: dict, steps: int):
         yield chunk[0] if steps == 1 else {k: np.stack([c[k] for c in chunk]) for k in chunk[0]}
 
 
-def jdl_workload(data: dict, hidden: int, steps_per_call: int) -> Workload:
-    """The jdl classification step on the "rnn" model, jit, 1 or K (lax.scan) steps a call."""
-    strategy = Strategy("jit")
+def jdl_workload(data: dict, hidden: int, steps_per_call: int, mode: str = "jit") -> Workload:
+    """The jdl classification step on the "rnn" model, 1 or K (lax.scan) steps a call.
+
+    XLA:CPU runs the small matmuls of a scan body on one thread; `sharded` over several CPU
+    devices (XLA_FLAGS=--xla_force_host_platform_device_count=N) runs one per core.
+    """
+    strategy = Strategy(mode)
     model = build_model({"name": "rnn", "cell": "lstm", "hidden_size": hidden}, NUM_CLASSES)
     tx = make_optimizer({"optimizer": "adam", "learning_rate": LEARNING_RATE}, total_steps=1)
     state = create_train_state(model, tx, data["sequence"].shape[1:], jax.random.key(0))
@@ -146,6 +150,23 @@ def cases(data: dict, hidden: int, k: int) -> dict:
                 functools.partial(jdl_workload, data, hidden, k),
             ),
         ],
+        **(
+            {}
+            if jax.device_count() < 2
+            else {
+                "jdl sharded": [
+                    (
+                        Row(
+                            "jdl",
+                            f"sharded over {jax.device_count()} CPU devices, {kk} step(s)",
+                            name,
+                        ),
+                        functools.partial(jdl_workload, data, hidden, kk, "sharded"),
+                    )
+                    for kk in (1, k)
+                ]
+            }
+        ),
         "torch": [(Row("torch", "eager", name), functools.partial(torch_workload, data, hidden))],
         "keras": [
             (
@@ -179,7 +200,7 @@ def main(argv=None) -> None:
     data = make_data(args.num_examples, args.seq_len)
     rows = []
     for library, library_cases in cases(data, args.hidden, args.steps_per_call).items():
-        module = "jax" if library == "jdl" else library
+        module = "jax" if library.startswith("jdl") else library
         name = library_cases[0][0].model
         if getattr(args, f"skip_{library}", False):
             rows.append(Row(library, "-", name, note=f"skipped (--skip-{library})"))
