@@ -225,7 +225,22 @@ def jdl_cases(model_name: str, data: dict, args: argparse.Namespace) -> list[Cas
 
 
 # --- PyTorch -------------------------------------------------------------------------------
-def torch_model(model_name: str):
+def cnn_feature_maps(input_shape=IMAGE_SHAPE) -> list[tuple[int, bool]]:
+    """(side after the 3x3 valid conv, whether a 2x2 pool follows) per block of jdl's CNN.
+
+    jdl skips a block's pooling when its map is smaller than 2x2 (8x8 digits), so the
+    PyTorch and Keras copies follow the same rule to stay the same network.
+    """
+    side, blocks = input_shape[0], []
+    for _ in range(2):
+        side -= 2
+        pooled = side >= 2
+        blocks.append((side, pooled))
+        side = side // 2 if pooled else side
+    return blocks
+
+
+def torch_model(model_name: str, input_shape=IMAGE_SHAPE):
     """The same networks in PyTorch's own layers (NCHW)."""
     from torch import nn
 
@@ -233,16 +248,11 @@ def torch_model(model_name: str):
         return nn.Sequential(
             nn.Flatten(), nn.Linear(28 * 28, 256), nn.ReLU(), nn.Linear(256, NUM_CLASSES)
         )
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64 * 5 * 5, NUM_CLASSES),
-    )
+    layers, channels = [], input_shape[-1]
+    for (side, pooled), width in zip(cnn_feature_maps(input_shape), (32, 64), strict=True):
+        layers += [nn.Conv2d(channels, width, 3), nn.ReLU()] + [nn.MaxPool2d(2)] * pooled
+        channels, side = width, side // 2 if pooled else side
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * side * side, NUM_CLASSES))
 
 
 def torch_workload(model_name: str, data: dict, compiled: bool) -> Workload:
@@ -279,31 +289,42 @@ def torch_cases(model_name: str, data: dict, args: argparse.Namespace) -> list[C
 
 
 # --- Keras ---------------------------------------------------------------------------------
-def keras_workload(model_name: str, data: dict) -> Workload:
-    """`model.fit` on the in-memory arrays; a call is one batch, n calls one fit of n batches."""
+def import_keras():
+    """Keras 3 on the JAX backend (an error if it was already imported on another backend)."""
     os.environ["KERAS_BACKEND"] = "jax"  # read once, at keras's first import
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keras's data adapters import TF
     import keras
-    from keras import layers
 
     if keras.backend.backend() != "jax":
         raise RuntimeError(f"keras was already imported with the {keras.backend.backend()} backend")
-    keras.utils.set_random_seed(0)
+    return keras
+
+
+def keras_model(model_name: str, input_shape=IMAGE_SHAPE):
+    """The same networks in Keras layers, compiled with Adam and cross-entropy on logits."""
+    keras = import_keras()
+    from keras import layers
+
     if model_name == "mlp":
         body = [layers.Flatten(), layers.Dense(256, activation="relu")]
     else:
-        body = [
-            layers.Conv2D(32, 3, activation="relu"),
-            layers.MaxPooling2D(2),
-            layers.Conv2D(64, 3, activation="relu"),
-            layers.MaxPooling2D(2),
-            layers.Flatten(),
-        ]
-    model = keras.Sequential([keras.Input(IMAGE_SHAPE), *body, layers.Dense(NUM_CLASSES)])
+        body = []
+        for (_, pooled), width in zip(cnn_feature_maps(input_shape), (32, 64), strict=True):
+            body += [layers.Conv2D(width, 3, activation="relu")] + [layers.MaxPooling2D(2)] * pooled
+        body.append(layers.Flatten())
+    model = keras.Sequential([keras.Input(input_shape), *body, layers.Dense(NUM_CLASSES)])
     model.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATE),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
+    return model
+
+
+def keras_workload(model_name: str, data: dict) -> Workload:
+    """`model.fit` on the in-memory arrays; a call is one batch, n calls one fit of n batches."""
+    keras = import_keras()
+    keras.utils.set_random_seed(0)
+    model = keras_model(model_name)
 
     def run(n: int) -> None:
         size = n * BATCH

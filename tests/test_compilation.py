@@ -1,10 +1,17 @@
-"""Compilation happens in the first epoch only, and can be cached across runs."""
+"""Compilation happens in the first call and epoch only, and can be cached across runs."""
 
 import jax
+import numpy as np
+import optax
 import pytest
+from jax.random import key
 from loop_helpers import small_config
 
 from jdl import loop, train_and_evaluate
+from jdl.models import build_model
+from jdl.parallel import MODES, Strategy
+from jdl.state import create_train_state
+from jdl.steps import train_step
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
@@ -56,3 +63,27 @@ def test_compilation_cache_dir_fills_with_compiled_programs(tmp_path):
         jax.config.update("jax_compilation_cache_dir", previous[0])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
     assert any((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.parametrize("form", ["step", "steps", "epoch"])
+@pytest.mark.parametrize("mode", MODES)
+def test_the_second_call_compiles_nothing(compile_count, mode, form):
+    """State placed by `put_replicated` matches what the compiled call returns (pmap included)."""
+    strategy = Strategy(mode)
+    model = build_model({"name": "mlp", "hidden_sizes": [8]}, 3)
+    state = strategy.put_replicated(create_train_state(model, optax.sgd(0.1), (4,), key(0)))
+    rng = strategy.put_replicated(key(1))
+    data = {"features": np.ones((16, 4), np.float32), "label": np.zeros(16, np.int32)}
+    if form == "epoch":
+        fn, batch = strategy.compile_train_epoch(train_step, 8), strategy.put_replicated(data)
+    elif form == "steps":
+        stacked = {k: v.reshape(2, 8, *v.shape[1:]) for k, v in data.items()}
+        fn, batch = strategy.compile_train_steps(train_step), strategy.put_batch(stacked, True)
+    else:
+        fn, batch = strategy.compile_train(train_step), strategy.put_batch(data)
+    state, _ = fn(state, batch, rng)
+    after_first_call = compile_count()
+    for _ in range(2):
+        state, metrics = fn(state, batch, rng)
+    jax.block_until_ready(metrics)
+    assert compile_count() == after_first_call

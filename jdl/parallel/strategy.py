@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jdl.parallel.allocator import keep_freed_memory
 from jdl.parallel.multistep import epoch_steps, scan_steps
 
 MODES = ("jit", "sharded", "pmap")
@@ -46,7 +47,12 @@ class Strategy:
         self.devices = list(devices) if devices is not None else jax.devices()
         if mode == "jit":
             self.devices = self.devices[:1]
-        self.mesh = Mesh(np.array(self.devices), (DATA_AXIS,))
+        if self.devices[0].platform == "cpu":
+            keep_freed_memory()  # XLA:CPU scratch buffers are reused, not page-faulted in
+        # pmap returns its replicated outputs on a mesh named after its own axis; state placed
+        # on that same mesh is taken as is, so the second call does not compile again.
+        axis = PMAP_AXIS if mode == "pmap" else DATA_AXIS
+        self.mesh = Mesh(np.array(self.devices), (axis,))
         self.replicated = NamedSharding(self.mesh, P())
 
     @property

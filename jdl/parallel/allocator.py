@@ -1,0 +1,45 @@
+"""Keep freed memory in the process on Linux (glibc), so XLA:CPU's scratch buffers are reused.
+
+A compiled step of the documents' CNN needs a 44 MB scratch buffer per call. glibc serves
+every block over its mmap threshold (at most 32 MB) with a fresh `mmap` and unmaps it on
+`free`, so each call page-faults 44 MB back in: ~11,000 faults and ~20 ms of kernel time per
+step, half of a one-step call (benchmarks/README.md, "Where the time goes"). Two `mallopt`
+settings make glibc serve large blocks from its heap and keep freed memory there instead.
+They are process-wide (every library in the process gets them) and cost resident memory:
+freed blocks, up to `TRIM_THRESHOLD` at the top of the heap, stay mapped.
+Set `JDL_KEEP_FREED_MEMORY=0` to leave the allocator alone.
+"""
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+M_TRIM_THRESHOLD = -1  # glibc's malloc.h
+M_MMAP_MAX = -4
+TRIM_THRESHOLD = 1 << 30
+ENV_VAR = "JDL_KEEP_FREED_MEMORY"
+
+_applied: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Applies the settings once per process; True when glibc accepted them."""
+    global _applied
+    if _applied is None:
+        _applied = _apply()
+    return _applied
+
+
+def _apply() -> bool:
+    if os.environ.get(ENV_VAR, "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    # No mmap for large blocks: they come from the heap and return to it when freed ...
+    # ... and the heap's free top is given back to the kernel only past 1 GB.
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
