@@ -215,7 +215,7 @@ def unknown_field():
 @pytest.mark.parametrize(
     ("build", "valid_names"),
     [
-        (unknown_model, "valid models: ['cnn', 'mlp']"),
+        (unknown_model, "valid models: ['cnn', 'mlp', 'rnn', 'rnn_lm']"),
         (unknown_activation, "'gelu', 'leaky_relu', 'prelu', 'relu', 'sigmoid', 'tanh'"),
         (unknown_field, "'hidden_sizes'"),
     ],

@@ -13,11 +13,19 @@ from typing import Any
 from jdl.data.arrays import from_arrays
 from jdl.data.dataset import Dataset, DatasetInfo, pad_batch
 from jdl.data.embedded import EMBEDDED, load_embedded
+from jdl.data.sequences import load_adding_problem, load_row_sequences
 from jdl.data.tfds_data import DatasetUnavailableError, load_tfds
+from jdl.data.tfds_text import TextDataset, load_imdb_reviews, load_tiny_shakespeare
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     **{name: functools.partial(load_tfds, name) for name in ("mnist", "fashion_mnist", "cifar10")},
     **{name: functools.partial(load_embedded, name) for name in EMBEDDED},
+    # Sequences (batches with `sequence` [B, T, D] or `tokens` [B, T]).
+    "adding_problem": load_adding_problem,  # options: seq_len, num_train, num_eval, data_seed
+    "seq_mnist": functools.partial(load_row_sequences, functools.partial(load_tfds, "mnist")),
+    "seq_digits": functools.partial(load_row_sequences, functools.partial(load_embedded, "digits")),
+    "imdb_reviews": load_imdb_reviews,  # options: max_len, tokenizer, vocab_size, vocab_file
+    "tiny_shakespeare": load_tiny_shakespeare,  # options: seq_len
 }
 
 
@@ -74,6 +82,7 @@ __all__ = [
     "Dataset",
     "DatasetInfo",
     "DatasetUnavailableError",
+    "TextDataset",
     "dataset_options",
     "from_arrays",
     "load_dataset",

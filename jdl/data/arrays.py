@@ -4,11 +4,18 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from jdl.data.dataset import Batch, Dataset, DatasetInfo, epoch_seed, shard_bounds
+from jdl.data.dataset import (
+    Batch,
+    Dataset,
+    DatasetInfo,
+    epoch_seed,
+    num_examples,
+    shard_bounds,
+)
 
 
 def _local_shard(split: Batch, process_index: int, process_count: int) -> Batch:
-    start, end = shard_bounds(len(split["label"]), process_index, process_count)
+    start, end = shard_bounds(num_examples(split), process_index, process_count)
     return {key: value[start:end] for key, value in split.items()}
 
 
@@ -27,7 +34,7 @@ class ArrayDataset(Dataset):
 
     def _train_batches(self, epoch: int, start_step: int) -> Iterator[Batch]:
         rng = np.random.default_rng(epoch_seed(self.seed, epoch))
-        order = rng.permutation(len(self._train["label"]))
+        order = rng.permutation(num_examples(self._train))
         size, local = self.batch_size, self.local_batch_size
         offset = self.process_index * local
         for step in range(start_step, self.steps_per_epoch):
@@ -36,7 +43,7 @@ class ArrayDataset(Dataset):
 
     def _unpadded_eval_batches(self) -> Iterator[Batch]:
         size = self.local_eval_batch_size
-        for start in range(0, len(self._eval["label"]), size):
+        for start in range(0, num_examples(self._eval), size):
             yield {key: value[start : start + size] for key, value in self._eval.items()}
 
     def train_arrays(self) -> Batch:

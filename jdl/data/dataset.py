@@ -44,9 +44,18 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
+def num_examples(batch: Batch) -> int:
+    """Examples in a batch: the leading size of its arrays (labels, targets or tokens)."""
+    return len(next(iter(batch.values())))
+
+
 def pad_batch(batch: Batch, size: int) -> Batch:
-    """`batch` padded with zeros to `size` examples, plus a float32 `mask` (1 real, 0 pad)."""
-    num_real = len(batch["label"])
+    """`batch` padded with zeros to `size` examples, plus a float32 `mask` (1 real, 0 pad).
+
+    Every entry is padded along its first axis, whatever its shape and dtype (int labels [B],
+    float targets [B, K], tokens [B, T], lengths [B]).
+    """
+    num_real = num_examples(batch)
     if num_real > size:
         raise ValueError(f"Cannot pad a batch of {num_real} examples to {size}")
     padded = {
@@ -133,13 +142,16 @@ class Dataset(abc.ABC):
         """
         size = self.local_eval_batch_size
         count = 0
-        for batch in self._unpadded_eval_batches():
-            yield pad_batch(batch, size)
-            count += 1
+        # All-masked batches copy the entries of a real one; an empty shard falls back to
+        # a classification batch (input and int label).
         empty = {
             self.info.input_key: np.zeros((0, *self.info.input_shape), np.float32),
             "label": np.zeros((0,), np.int32),
         }
+        for batch in self._unpadded_eval_batches():
+            yield pad_batch(batch, size)
+            empty = {key: value[:0] for key, value in batch.items()}
+            count += 1
         for _ in range(count, self.num_eval_batches):
             yield pad_batch(empty, size)
 

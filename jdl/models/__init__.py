@@ -8,8 +8,14 @@ import flax.linen as nn
 from jdl.models.activations import ACTIVATIONS, PReLU
 from jdl.models.cnn import CNN
 from jdl.models.mlp import MLP
+from jdl.models.rnn import RNNLanguageModel, RNNSequenceModel
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN}
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "cnn": CNN,
+    "rnn": RNNSequenceModel,  # sequence classifier / regressor (cell: rnn | lstm | gru)
+    "rnn_lm": RNNLanguageModel,  # per-step next-token logits
+}
 
 
 def build_model(model_config: Mapping[str, Any], num_outputs: int) -> nn.Module:
@@ -34,4 +40,13 @@ def build_model(model_config: Mapping[str, Any], num_outputs: int) -> nn.Module:
     )
 
 
-__all__ = ["ACTIVATIONS", "CNN", "MLP", "MODELS", "PReLU", "build_model"]
+__all__ = [
+    "ACTIVATIONS",
+    "CNN",
+    "MLP",
+    "MODELS",
+    "PReLU",
+    "RNNLanguageModel",
+    "RNNSequenceModel",
+    "build_model",
+]

@@ -1,7 +1,8 @@
 """Train and eval steps for classification with softmax (C > 1 logits) or sigmoid (1 logit).
 
 A batch is a dict with `label` (int, shape [B]), the model input under `image`
-(or `features` for tabular data), and an optional float `mask` [B] that is 0
+(or `features` for tabular data, `sequence` [B, T, D] or `tokens` [B, T] for recurrent
+models, with optional int `length` [B]), and an optional float `mask` [B] that is 0
 for padding examples. Both steps are pure; `axis_name` is given only when the
 step runs under a mapped axis (pmap), and then gradients, batch-norm statistics
 and metrics are combined across that axis.
@@ -16,21 +17,28 @@ from jdl import losses
 from jdl.augment import random_translate
 from jdl.state import TrainState
 
-INPUT_KEYS = ("image", "features")
+INPUT_KEYS = ("image", "features", "sequence", "tokens")
 
 
 def model_inputs(batch: dict) -> jax.Array:
-    """The model input of a batch: its `image` or `features` entry."""
+    """The model input of a batch: its `image`, `features`, `sequence` or `tokens` entry."""
     for key in INPUT_KEYS:
         if key in batch:
             return batch[key]
     raise KeyError(f"Batch has none of the input keys {INPUT_KEYS}; it has {sorted(batch)}")
 
 
+def model_kwargs(batch: dict) -> dict:
+    """Keyword inputs of the model beyond `model_inputs`: sequence `lengths` when the batch
+    has a `length` entry (variable-length sequences padded at the end)."""
+    return {"lengths": batch["length"]} if "length" in batch else {}
+
+
 def example_weights(batch: dict) -> jax.Array:
     """1 for real examples, 0 for padding."""
-    labels = batch["label"]
-    return batch.get("mask", jnp.ones(labels.shape[0], jnp.float32)).astype(jnp.float32)
+    if "mask" in batch:
+        return batch["mask"].astype(jnp.float32)
+    return jnp.ones(model_inputs(batch).shape[0], jnp.float32)
 
 
 def per_example_loss(logits, labels, label_smoothing: float = 0.0) -> jax.Array:
@@ -97,6 +105,7 @@ def train_step(
         logits, updates = model.apply(
             variables,
             inputs,
+            **model_kwargs(batch),
             train=True,
             rngs={"dropout": dropout_rng},
             mutable=["batch_stats"],
@@ -117,7 +126,9 @@ def train_step(
 
 def eval_step(state: TrainState, batch: dict, *, axis_name: str | None = None) -> dict:
     """Summed loss and accuracy over the real (unmasked) examples of the batch."""
-    logits = state.model.apply(state.variables, model_inputs(batch), train=False)
+    logits = state.model.apply(
+        state.variables, model_inputs(batch), **model_kwargs(batch), train=False
+    )
     metrics = classification_metrics(logits, batch["label"], example_weights(batch))
     if axis_name is not None:
         metrics = lax.psum(metrics, axis_name)

@@ -14,10 +14,16 @@ from jdl.data import Dataset
 from jdl.tasks.base import Task
 from jdl.tasks.classification import classification_task
 from jdl.tasks.gan import gan_task
+from jdl.tasks.sequence import language_model, regression
 
 TaskFactory = Callable[..., Task]  # (config, dataset, **task fields) -> Task
 
-TASKS: dict[str, TaskFactory] = {"classification": classification_task, "gan": gan_task}
+TASKS: dict[str, TaskFactory] = {
+    "classification": classification_task,
+    "regression": regression,
+    "language_model": language_model,
+    "gan": gan_task,
+}
 
 
 def task_fields(factory: TaskFactory) -> list[str]:
