@@ -3,9 +3,10 @@
 A compiled step of the documents' CNN needs a 44 MB scratch buffer per call. glibc serves
 every block over its mmap threshold (at most 32 MB) with a fresh `mmap` and unmaps it on
 `free`, so each call page-faults 44 MB back in: ~11,000 faults and ~20 ms of kernel time per
-step, half of a one-step call (benchmarks/README.md, "Where the time goes"). Two `mallopt`
-settings make glibc serve large blocks from its heap and keep freed memory there instead.
-They are process-wide (every library in the process gets them) and cost resident memory:
+step, half of a one-step call (benchmarks/README.md, "Where the time goes"). Three `mallopt`
+settings make glibc serve large blocks from one shared heap and keep freed memory there
+instead (with per-thread arenas, a call now and then still landed on fresh pages when its
+scratch came from another XLA thread's arena). They are process-wide (every library in the process gets them) and cost resident memory:
 freed blocks, up to `TRIM_THRESHOLD` at the top of the heap, stay mapped.
 Set `JDL_KEEP_FREED_MEMORY=0` to leave the allocator alone.
 """
@@ -17,6 +18,7 @@ import sys
 
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 M_MMAP_MAX = -4
+M_ARENA_MAX = -8
 TRIM_THRESHOLD = 1 << 30
 ENV_VAR = "JDL_KEEP_FREED_MEMORY"
 
@@ -42,4 +44,10 @@ def _apply() -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     # No mmap for large blocks: they come from the heap and return to it when freed ...
     # ... and the heap's free top is given back to the kernel only past 1 GB.
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    # One arena for all threads: XLA's worker threads would otherwise free into arenas of
+    # their own, whose heaps glibc still trims and maps afresh.
+    return (
+        bool(mallopt(M_MMAP_MAX, 0))
+        and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+        and bool(mallopt(M_ARENA_MAX, 1))
+    )
