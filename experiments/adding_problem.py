@@ -39,7 +39,7 @@ def get_config():
     c.optimizer = "adam"
     c.learning_rate = 3e-3
     c.grad_clip_norm = 1.0  # recurrent gradients can spike
-    c.best_metric = "eval/mse"
+    c.best_metric = "eval/loss"  # the MSE
     c.log_every = 100
     c.eval_every = 500
     return c

@@ -113,8 +113,8 @@ def test_adding_problem_end_to_end(tmp_path, cell, max_mse):
     result = train_and_evaluate(config, tmp_path)
     assert result.metrics["step"] == 6 * 3_200 // 64
     if max_mse is not None:
-        assert result.metrics["eval/mse"] < max_mse
-    assert result.metrics["eval/mse"] < ADDING_TRIVIAL_MSE
+        assert result.metrics["eval/loss"] < max_mse
+    assert result.metrics["eval/loss"] < ADDING_TRIVIAL_MSE
 
 
 def mock_config(experiment, tmp_path, **model):

@@ -6,8 +6,9 @@ every block over its mmap threshold (at most 32 MB) with a fresh `mmap` and unma
 step, half of a one-step call (benchmarks/README.md, "Where the time goes"). Three `mallopt`
 settings make glibc serve large blocks from one shared heap and keep freed memory there
 instead (with per-thread arenas, a call now and then still landed on fresh pages when its
-scratch came from another XLA thread's arena). They are process-wide (every library in the process gets them) and cost resident memory:
-freed blocks, up to `TRIM_THRESHOLD` at the top of the heap, stay mapped.
+scratch came from another XLA thread's arena). They are process-wide (every library in the
+process gets them) and cost resident memory: freed blocks, up to `TRIM_THRESHOLD` at the
+top of the heap, stay mapped.
 Set `JDL_KEEP_FREED_MEMORY=0` to leave the allocator alone.
 """
 

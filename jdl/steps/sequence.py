@@ -70,10 +70,10 @@ def _squared_errors(predictions_BxK: jax.Array, batch: dict) -> jax.Array:
 
 
 def regression_metrics(predictions_BxK: jax.Array, batch: dict) -> dict:
-    """Summed squared error (as `loss` and `mse`) over real examples, and their count."""
+    """Summed squared error over real examples (`loss`: eval/loss is the MSE), and their count."""
     weights_B = example_weights(batch)
     total = jnp.sum(_squared_errors(predictions_BxK, batch) * weights_B)
-    return {"loss": total, "mse": total, "count": jnp.sum(weights_B)}
+    return {"loss": total, "count": jnp.sum(weights_B)}
 
 
 def regression_train_step(
