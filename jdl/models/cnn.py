@@ -1,6 +1,5 @@
 """Convolutional classifier; the default is the documents' MNIST network."""
 
-import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -10,45 +9,15 @@ import jax.numpy as jnp
 from jdl.models.activations import activation_layer
 
 
-def _pool_windows(x_BxHxWxC: jax.Array) -> list[jax.Array]:
-    """The four corners of every 2x2 window, row-major, each B x H/2 x W/2 x C (edges dropped)."""
-    h2, w2 = x_BxHxWxC.shape[1] // 2 * 2, x_BxHxWxC.shape[2] // 2 * 2
-    return [x_BxHxWxC[:, i:h2:2, j:w2:2] for i in (0, 1) for j in (0, 1)]
-
-
-@jax.custom_vjp
 def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
-    """2x2 max pooling, stride 2, odd edges dropped: `nn.max_pool` (VALID) with a cheap gradient.
+    """2x2 max pooling, stride 2, odd edges dropped (same values as `nn.max_pool`, VALID).
 
-    Forward and gradient equal `nn.max_pool`'s (a tie sends the gradient to the first
-    maximum, row-major, as XLA's `select_and_scatter` does), but the gradient is four
-    masks and one interleave, all elementwise: XLA:CPU's `select_and_scatter` costs more
-    than both convolutions of the documents' CNN, and the automatic gradient of a
-    reshape + max costs ~10 % of its training step more than this one (benchmarks/README.md).
+    Written as reshape + max because XLA:CPU's gradient of `reduce_window`
+    (`select_and_scatter`) costs more than both convolutions of the documents' CNN.
     """
-    return functools.reduce(jnp.maximum, _pool_windows(x_BxHxWxC))
-
-
-def _max_pool_fwd(x_BxHxWxC):
-    y = max_pool_2x2(x_BxHxWxC)
-    return y, (x_BxHxWxC, y)
-
-
-def _max_pool_bwd(residuals, g_BxhxwxC):
-    x, y = residuals
-    taken = jnp.zeros(y.shape, bool)
-    grads = []
-    for corner in _pool_windows(x):
-        chosen = (corner == y) & ~taken
-        taken = taken | chosen
-        grads.append(jnp.where(chosen, g_BxhxwxC, 0).astype(x.dtype))
-    b, h, w, c = y.shape
-    rows = [jnp.stack(grads[:2], axis=3), jnp.stack(grads[2:], axis=3)]  # B x h x w x 2 x C
-    g = jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, c)
-    return (jnp.pad(g, ((0, 0), (0, x.shape[1] - 2 * h), (0, x.shape[2] - 2 * w), (0, 0))),)
-
-
-max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+    b, h, w, c = x_BxHxWxC.shape
+    x = x_BxHxWxC[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 class CNN(nn.Module):
