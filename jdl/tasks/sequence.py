@@ -10,26 +10,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jdl.config import total_train_steps
 from jdl.data import Dataset
-from jdl.models import build_model
-from jdl.optimizers import make_optimizer
-from jdl.state import TrainState, create_train_state
 from jdl.steps import sequence
 from jdl.tasks.base import Task
-from jdl.tasks.classification import init_rng
-
-
-def _initial_state(config, dataset: Dataset, num_outputs: int) -> TrainState:
-    model = build_model(config.model, num_outputs)
-    tx = make_optimizer(config, total_train_steps(config, dataset.steps_per_epoch))
-    return create_train_state(model, tx, dataset.info.input_shape, init_rng(config))
+from jdl.tasks.classification import initial_train_state
 
 
 def regression(config: ml_collections.ConfigDict, dataset: Dataset, *, num_outputs: int = 1):
     """Mean-squared-error regression of a float `target` with `num_outputs` values."""
     return Task(
-        state=_initial_state(config, dataset, num_outputs),
+        state=initial_train_state(config, dataset, num_outputs),
         train_step=sequence.regression_train_step,
         eval_step=sequence.regression_eval_step,
     )
@@ -52,7 +42,7 @@ def language_model(
     generates that many tokens after `prompt` (key: the seed and the epoch), prints the text
     and writes it to workdir/samples/epoch_<N>.txt.
     """
-    state = _initial_state(config, dataset, dataset.info.num_classes)
+    state = initial_train_state(config, dataset, dataset.info.num_classes)
     after_eval = None
     if sample_tokens > 0:
         vocabulary = getattr(dataset, "vocabulary", None)
