@@ -27,17 +27,21 @@ def build_model(model_config: Mapping[str, Any], num_outputs: int) -> nn.Module:
     name = fields.pop("name")
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}; valid models: {sorted(MODELS)}")
-    cls = MODELS[name]
-    valid_fields = set(cls.__dataclass_fields__) - {"parent", "name", "num_outputs", "axis_name"}
-    unknown = sorted(set(fields) - valid_fields)
+    return configure(MODELS[name], fields, f"model {name!r}", num_outputs=num_outputs)
+
+
+def configure(cls: type[nn.Module], fields: Mapping[str, Any], label: str, **given) -> nn.Module:
+    """`cls(**given, **fields)`, the config's `fields` checked against the module's own.
+
+    `given` are set by the caller from the data (output count, image shape), not by the
+    config. Lists become tuples, so that modules stay hashable. An unknown field raises a
+    ValueError naming it under `label` and listing the valid ones.
+    """
+    valid = set(cls.__dataclass_fields__) - {"parent", "name", "axis_name", *given}
+    unknown = sorted(set(fields) - valid)
     if unknown:
-        raise ValueError(
-            f"Unknown field(s) {unknown} for model {name!r}; valid fields: {sorted(valid_fields)}"
-        )
-    return cls(
-        num_outputs=num_outputs,
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()},
-    )
+        raise ValueError(f"Unknown {label} field(s) {unknown}; valid fields: {sorted(valid)}")
+    return cls(**given, **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 __all__ = [
@@ -49,4 +53,5 @@ __all__ = [
     "RNNLanguageModel",
     "RNNSequenceModel",
     "build_model",
+    "configure",
 ]

@@ -19,6 +19,7 @@ import optax
 from jdl import gan_eval
 from jdl.data import Dataset
 from jdl.losses import GAN_LOSSES
+from jdl.models import configure
 from jdl.models.cnn import CNN
 from jdl.models.gan import Discriminator, Generator
 from jdl.state import GANState, TrainState, create_gan_state, create_train_state
@@ -43,17 +44,10 @@ def build_gan(model_config: Mapping[str, Any], image_shape) -> tuple[Generator, 
     unknown = sorted(set(fields) - {"generator", "discriminator"})
     if unknown:
         raise ValueError(f"Unknown dcgan field(s) {unknown}; valid: ['discriminator', 'generator']")
-    modules = []
-    for key, cls in (("generator", Generator), ("discriminator", Discriminator)):
-        options = dict(fields.get(key, {}))
-        valid = set(cls.__dataclass_fields__) - {"parent", "name", "axis_name", "image_shape"}
-        if bad := sorted(set(options) - valid):
-            raise ValueError(f"Unknown {key} field(s) {bad}; valid fields: {sorted(valid)}")
-        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-        if cls is Generator:
-            options["image_shape"] = tuple(image_shape)
-        modules.append(cls(**options))
-    return modules[0], modules[1]
+    generator = configure(
+        Generator, fields.get("generator", {}), "generator", image_shape=tuple(image_shape)
+    )
+    return generator, configure(Discriminator, fields.get("discriminator", {}), "discriminator")
 
 
 def train_classifier(dataset: Dataset, num_steps: int, seed: int) -> tuple[TrainState, float]:
