@@ -32,16 +32,14 @@ class TextDataset(ArrayDataset):
         return separator.join(self.vocabulary[int(i)] for i in ids)
 
 
-def _split_texts(builder, split: str) -> list[str]:
+def _split_examples(builder, split: str) -> list[dict]:
+    """Every example of a prepared split as NumPy, read once."""
     _, tfds = _tf_and_tfds()
-    examples = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+    return list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+
+
+def _texts(examples: list[dict]) -> list[str]:
     return [example["text"].decode("utf-8") for example in examples]
-
-
-def _split_labels(builder, split: str) -> np.ndarray:
-    _, tfds = _tf_and_tfds()
-    examples = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
-    return np.array([example["label"] for example in examples], np.int32)
 
 
 # --- tiny_shakespeare -------------------------------------------------------------------
@@ -63,8 +61,8 @@ def load_tiny_shakespeare(
     by the train split's characters in sorted order. Evaluation is on the validation split.
     """
     builder = prepared_builder("tiny_shakespeare", data_dir, download)
-    train_text = "".join(_split_texts(builder, "train"))
-    eval_text = "".join(_split_texts(builder, "validation"))
+    train_text = "".join(_texts(_split_examples(builder, "train")))
+    eval_text = "".join(_texts(_split_examples(builder, "validation")))
     vocabulary = ("\ufffd", *sorted(set(train_text)))
     index = {char: i for i, char in enumerate(vocabulary)}
 
@@ -142,7 +140,8 @@ def load_imdb_reviews(
     Reviews longer than `max_len` keep their end, where reviewers tend to sum up.
     """
     builder = prepared_builder("imdb_reviews", data_dir, download)
-    texts = {split: _split_texts(builder, split) for split in ("train", "test")}
+    examples = {split: _split_examples(builder, split) for split in ("train", "test")}
+    texts = {split: _texts(examples[split]) for split in examples}
     if tokenizer == "words":
         vocabulary = _word_vocabulary(texts["train"], vocab_size, vocab_file)
         index = {word: i for i, word in enumerate(vocabulary)}
@@ -161,7 +160,7 @@ def load_imdb_reviews(
     splits = {
         split: {
             **pad_or_truncate([encode(text) for text in texts[split]], max_len),
-            "label": _split_labels(builder, split),
+            "label": np.array([example["label"] for example in examples[split]], np.int32),
         }
         for split in texts
     }

@@ -67,7 +67,7 @@ def language_model(
             ),
             prompt_ids=jnp.array([[index[char] for char in prompt]], jnp.int32),
             prompt=prompt,
-            vocabulary=tuple(vocabulary),
+            decode=dataset.decode,
             key=jax.random.fold_in(jax.random.key(config.seed), 2),
         )
     return Task(
@@ -79,12 +79,12 @@ def language_model(
 
 
 def _write_sample(
-    state, epoch: int, workdir: Path, *, generate, prompt_ids, prompt, vocabulary, key
+    state, epoch: int, workdir: Path, *, generate, prompt_ids, prompt, decode, key
 ) -> dict:
     """Generates text from `prompt`, prints it and saves it (process 0); adds no metric."""
     variables = jax.device_get(state.variables)
     tokens = np.asarray(generate(variables, prompt_ids, jax.random.fold_in(key, epoch)))[0]
-    text = prompt + "".join(vocabulary[int(i)] for i in tokens)
+    text = prompt + decode(tokens)
     if jax.process_index() == 0:
         folder = Path(workdir) / "samples"
         folder.mkdir(parents=True, exist_ok=True)
