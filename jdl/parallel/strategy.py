@@ -16,7 +16,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jdl.parallel.allocator import keep_freed_memory
 from jdl.parallel.multistep import epoch_steps, scan_steps
 
 MODES = ("jit", "sharded", "pmap")
@@ -47,8 +46,6 @@ class Strategy:
         self.devices = list(devices) if devices is not None else jax.devices()
         if mode == "jit":
             self.devices = self.devices[:1]
-        if self.devices[0].platform == "cpu":
-            keep_freed_memory()  # XLA:CPU scratch buffers are reused, not page-faulted in
         # pmap returns its replicated outputs on a mesh named after its own axis; state placed
         # on that same mesh is taken as is, so the second call does not compile again.
         axis = PMAP_AXIS if mode == "pmap" else DATA_AXIS
@@ -105,10 +102,11 @@ class Strategy:
         """(state, batch, rng) -> (state, metrics), state donated."""
         return self._compile(functools.partial(step, **step_kwargs), batch_spec=P(DATA_AXIS))
 
-    def compile_train_steps(self, step: Callable, unroll: bool = True, **step_kwargs) -> Callable:
+    def compile_train_steps(self, step: Callable, unroll: bool = False, **step_kwargs) -> Callable:
         """(state, batches_KxB, rng) -> (state, metrics summed over K): K steps per call.
 
-        `unroll` (see `scan_steps`) trades compile time, which grows with K, for speed.
+        A `lax.scan` by default; `unroll` (see `scan_steps`) writes the K steps out, at a
+        compile time that grows with K.
         """
         step = functools.partial(step, **step_kwargs)
         return self._compile(scan_steps(step, unroll), batch_spec=P(None, DATA_AXIS))
