@@ -10,7 +10,7 @@ batches, the last partial run of `--steps_per_call` batches dropped. After every
 whole test split is evaluated. The clock counts training only (compilation, the host data
 feed and the steps), not the evaluations; a library stops at the first epoch whose test
 accuracy reaches `--target`, or after `--max_epochs`. jdl runs its default CPU form for the
-CNN: `--steps_per_call` (8) unrolled steps per compiled call. A script, not a test.
+CNN: `--steps_per_call` (8) steps per compiled call (a `lax.scan`). A script, not a test.
 """
 
 import argparse
@@ -194,7 +194,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data_dir", default=None, help="tfds data_dir (mnist)")
     parser.add_argument("--target", type=float, default=None, help="0.99 mnist, 0.95 digits")
     parser.add_argument("--max_epochs", type=int, default=None, help="default 10 mnist, 60 digits")
-    parser.add_argument("--steps_per_call", type=int, default=8, help="jdl's unrolled K")
+    parser.add_argument("--steps_per_call", type=int, default=8, help="jdl's steps per call")
     parser.add_argument("--libraries", default=",".join(LIBRARIES))
     parser.add_argument("--seed", type=int, default=0, help="the shared epoch permutations")
     args = parser.parse_args(argv)

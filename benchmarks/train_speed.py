@@ -162,7 +162,7 @@ JDL_VARIANTS = (
     JdlVariant("jit", "unroll", 16),
     JdlVariant("jit", "scan", 8),
     JdlVariant("jit", "epoch"),
-    *(JdlVariant(mode, form, k) for mode in MODES[1:] for form, k in (("step", 1), ("unroll", 8))),
+    *(JdlVariant(mode, form, k) for mode in MODES[1:] for form, k in (("step", 1), ("scan", 8))),
 )
 
 
@@ -213,7 +213,7 @@ def jdl_workload(model_name: str, variant: JdlVariant, data: dict, epoch_example
 
 
 def jdl_cases(model_name: str, data: dict, args: argparse.Namespace) -> list[Case]:
-    epoch_examples = args.epoch_examples or {"mlp": len(data["label"]), "cnn": 1024}[model_name]
+    epoch_examples = args.epoch_examples or {"mlp": len(data["label"]), "cnn": 8192}[model_name]
     epoch_note = f"{epoch_examples // BATCH} steps per call"
     return [
         (
@@ -432,7 +432,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--epoch-examples",
         type=int,
         default=0,
-        help="resident data of the on-device epoch; 0: all for the MLP, 1024 for the CNN",
+        help="resident data of the on-device epoch; 0: all for the MLP, 8192 for the CNN",
     )
     parser.add_argument("--out", default="benchmarks/results.json", help="JSON results path")
     parser.add_argument("--skip-torch", action="store_true")

@@ -33,7 +33,7 @@ def get_config():
     c.warmup_steps = 300
     c.weight_decay = 1e-4
     c.label_smoothing = 0.1
-    c.steps_per_call = 8  # 8 unrolled steps per compiled call: ~35% faster on CPU
+    c.steps_per_call = 8  # 8 steps per compiled call (a lax.scan): less per-call overhead
     c.log_every = 100
     return c
 

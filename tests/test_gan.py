@@ -240,10 +240,7 @@ def test_eval_in_data_parallel_modes_counts_real_examples_once(mode):
 
 def test_k_steps_in_one_call_equal_k_single_steps():
     strategy = Strategy("jit")
-    # lax.scan (not unrolled): it compiles one step's program, the cheaper check in CI time.
-    steps = strategy.compile_train_steps(
-        gan_train_step, unroll=False, d_steps=D_STEPS, label_smoothing=0.1
-    )
+    steps = strategy.compile_train_steps(gan_train_step, d_steps=D_STEPS, label_smoothing=0.1)
     batches = [digit_batch(i, batch_size=BATCH) for i in range(NUM_STEPS)]
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *batches)
     state, metrics = steps(

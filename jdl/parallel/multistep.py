@@ -13,12 +13,13 @@ def _sum_over_steps(metrics):
     return jax.tree_util.tree_map(lambda x: jnp.sum(x, axis=0), metrics)
 
 
-def scan_steps(step: Step, unroll: bool = True) -> Step:
+def scan_steps(step: Step, unroll: bool = False) -> Step:
     """A step over batches stacked on a leading K axis; metrics are summed over the K steps.
 
-    `unroll` writes the K steps out in one straight-line program instead of a `lax.scan`
-    loop: XLA:CPU runs convolutions inside a loop body an order of magnitude slower
-    (README.md, "Speed on CPU"), while K unrolled steps compile to fast code on every backend.
+    The K steps run as a `lax.scan`, which compiles one step's program. `unroll` writes
+    them out in one straight-line program instead, for steps whose XLA:CPU convolutions
+    run an order of magnitude slower inside a loop body (the GAN's strided and transposed
+    ones; jdl's CNN computes its convolutions as matmuls on CPU and has no such problem).
     """
 
     def run(state, batches, rng, *, axis_name=None):
