@@ -88,13 +88,9 @@ class LSTMCell(_Cell):
     @nn.compact
     def __call__(self, carry, x):
         c, h = carry
-        gates = self.projected(x) + self.recurrent(h)
-        # One sigmoid over all four gates (the g slice unused): XLA:CPU runs a sigmoid of
-        # each slice inside the scan body ~6x slower (the elementwise part: 13 vs 2 ms).
-        i, f, _, o = jnp.split(jax.nn.sigmoid(gates), 4, axis=-1)
-        g = jnp.tanh(gates[..., 2 * self.features : 3 * self.features])
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
+        i, f, g, o = jnp.split(self.projected(x) + self.recurrent(h), 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return (c, h), h
 
 
