@@ -1,14 +1,16 @@
 """Keep freed memory in the process on Linux (glibc), so XLA:CPU's scratch buffers are reused.
 
-A compiled step of the documents' CNN needs a 44 MB scratch buffer per call. glibc serves
-every block over its mmap threshold (at most 32 MB) with a fresh `mmap` and unmaps it on
-`free`, so each call page-faults 44 MB back in: ~11,000 faults and ~20 ms of kernel time per
-step, half of a one-step call (benchmarks/README.md, "Where the time goes"). Three `mallopt`
+A compiled step of the documents' CNN needs tens of MB of scratch per call (44 MB with XLA's
+convolutions, 76 MB as patch matmuls). glibc serves every block over its mmap threshold (at
+most 32 MB) with a fresh `mmap` and unmaps it on `free`, so each call page-faults it back in:
+~11,000 faults and ~20 ms of kernel time per step for 44 MB, half of a one-step call
+(benchmarks/README.md, "Where the time goes"). Three `mallopt`
 settings make glibc serve large blocks from one shared heap and keep freed memory there
 instead (with per-thread arenas, a call now and then still landed on fresh pages when its
 scratch came from another XLA thread's arena). They are process-wide (every library in the
 process gets them) and cost resident memory: freed blocks, up to `TRIM_THRESHOLD` at the
-top of the heap, stay mapped.
+top of the heap, stay mapped. `import jdl` applies them, before JAX's threads allocate:
+an arena a thread has already made stays.
 Set `JDL_KEEP_FREED_MEMORY=0` to leave the allocator alone.
 """
 
