@@ -18,6 +18,7 @@ import importlib.metadata
 import importlib.util
 import itertools
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -32,6 +33,7 @@ import optax
 
 from jdl.models import build_model
 from jdl.parallel import MODES, Strategy
+from jdl.parallel.allocator import ENV_VAR as KEEP_FREED_MEMORY_ENV_VAR
 from jdl.state import create_train_state
 from jdl.steps import train_step
 
@@ -49,6 +51,7 @@ class Workload:
 
     run: Callable[[int], None]
     steps_per_call: int = 1
+    close: Callable[[], None] = lambda: None  # frees what the workload holds (a process)
 
 
 @dataclasses.dataclass
@@ -106,7 +109,11 @@ def bench(row: Row, build: Callable[[], Workload], args: argparse.Namespace) -> 
     """Fills `row` with the timing of `build()`'s workload, or notes why there is none."""
     print(f"  {row.library:6} {row.variant} ...", end=" ", flush=True, file=sys.stderr)
     try:
-        timing = measure(build(), args.steps, args.repeats, args.max_repeat_s)
+        workload = build()
+        try:
+            timing = measure(workload, args.steps, args.repeats, args.max_repeat_s)
+        finally:
+            workload.close()
     except Exception as error:  # e.g. torch.compile without a working C++ toolchain
         row.note = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
         print(row.note, file=sys.stderr)
@@ -281,10 +288,60 @@ def torch_workload(model_name: str, data: dict, compiled: bool) -> Workload:
     return Workload(run)
 
 
+def _serve_torch_eager(connection, model_name: str, num_examples: int) -> None:
+    """Child process: runs the eager loop on the same data, n steps per message received."""
+    workload = torch_workload(model_name, make_data(num_examples), compiled=False)
+    while (steps := connection.recv()) is not None:
+        workload.run(steps)
+        connection.send(steps)
+
+
+def torch_own_process_workload(model_name: str, data: dict) -> Workload:
+    """The eager loop in a fresh process with glibc's default allocator, as PyTorch runs alone.
+
+    The other rows share this process, where importing jdl has made glibc keep freed memory
+    (jdl.parallel.allocator); that speeds PyTorch's CNN up too. This row shows the difference.
+    """
+    context = multiprocessing.get_context("spawn")
+    parent_end, child_end = context.Pipe()
+    process = context.Process(
+        target=_serve_torch_eager, args=(child_end, model_name, len(data["label"])), daemon=True
+    )
+    saved = os.environ.get(KEEP_FREED_MEMORY_ENV_VAR)
+    os.environ[KEEP_FREED_MEMORY_ENV_VAR] = "0"  # read by jdl's import in the child
+    try:
+        process.start()
+    finally:
+        if saved is None:
+            del os.environ[KEEP_FREED_MEMORY_ENV_VAR]
+        else:
+            os.environ[KEEP_FREED_MEMORY_ENV_VAR] = saved
+
+    def run(n: int) -> None:
+        parent_end.send(n)
+        parent_end.recv()
+
+    def close() -> None:
+        parent_end.send(None)
+        process.join(timeout=30)
+
+    return Workload(run, close=close)
+
+
 def torch_cases(model_name: str, data: dict, args: argparse.Namespace) -> list[Case]:
-    return [
+    in_process = [
         (Row("torch", variant, model_name), functools.partial(torch_workload, model_name, data, c))
         for variant, c in (("eager", False), ("torch.compile", True))
+    ]
+    own_process = Row(
+        "torch",
+        "eager, own process (glibc defaults)",
+        model_name,
+        note="compile s includes the process start",
+    )
+    return [
+        *in_process,
+        (own_process, functools.partial(torch_own_process_workload, model_name, data)),
     ]
 
 
