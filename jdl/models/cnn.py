@@ -62,7 +62,8 @@ class Im2ColConv(nn.Module):
     `nn.Conv(features, kernel_size, padding="VALID")`. For XLA:CPU: its own convolutions
     run ~15x slower inside a loop body (`lax.scan`: K steps or an epoch per call) and its
     weight gradients at a fraction of matmul speed; matmuls have neither problem. GPUs and
-    TPUs run native convolutions better.
+    TPUs run native convolutions better. Reverse mode only: the patches' gradient is a
+    `custom_vjp`, so `jax.jvp` / `jax.jacfwd` through it fail; use `conv_impl="xla"` there.
     """
 
     features: int
