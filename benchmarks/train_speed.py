@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import jax
 import numpy as np
@@ -307,15 +308,9 @@ def torch_own_process_workload(model_name: str, data: dict) -> Workload:
     process = context.Process(
         target=_serve_torch_eager, args=(child_end, model_name, len(data["label"])), daemon=True
     )
-    saved = os.environ.get(KEEP_FREED_MEMORY_ENV_VAR)
-    os.environ[KEEP_FREED_MEMORY_ENV_VAR] = "0"  # read by jdl's import in the child
-    try:
+    # The child inherits the environment at start; jdl's import there reads this variable.
+    with mock.patch.dict(os.environ, {KEEP_FREED_MEMORY_ENV_VAR: "0"}):
         process.start()
-    finally:
-        if saved is None:
-            del os.environ[KEEP_FREED_MEMORY_ENV_VAR]
-        else:
-            os.environ[KEEP_FREED_MEMORY_ENV_VAR] = saved
 
     def run(n: int) -> None:
         parent_end.send(n)

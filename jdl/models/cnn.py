@@ -119,11 +119,12 @@ def activate_and_pool(x_BxHxWxC: jax.Array, activation: str, pool: bool) -> jax.
     A non-decreasing activation runs after the pooling instead: the same values and
     gradients, on a quarter of the elements.
     """
+    activate = activation_layer(activation)
     if not pool:
-        return activation_layer(activation)(x_BxHxWxC)
+        return activate(x_BxHxWxC)
     if activation in POOL_FIRST_ACTIVATIONS:
-        return activation_layer(activation)(max_pool_2x2(x_BxHxWxC))
-    return max_pool_2x2(activation_layer(activation)(x_BxHxWxC))
+        return activate(max_pool_2x2(x_BxHxWxC))
+    return max_pool_2x2(activate(x_BxHxWxC))
 
 
 class CNN(nn.Module):

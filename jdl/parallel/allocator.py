@@ -4,7 +4,7 @@ A compiled step of the documents' CNN needs tens of MB of scratch per call (44 M
 convolutions, 76 MB as patch matmuls). glibc serves every block over its mmap threshold (at
 most 32 MB) with a fresh `mmap` and unmaps it on `free`, so each call page-faults it back in:
 ~11,000 faults and ~20 ms of kernel time per step for 44 MB, half of a one-step call
-(benchmarks/README.md, "Where the time goes"). Three `mallopt`
+(benchmarks/README.md, "Where the time went"). Three `mallopt`
 settings make glibc serve large blocks from one shared heap and keep freed memory there
 instead (with per-thread arenas, a call now and then still landed on fresh pages when its
 scratch came from another XLA thread's arena). They are process-wide (every library in the
