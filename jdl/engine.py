@@ -145,7 +145,7 @@ def train(
     checkpointer = open_checkpointer(workdir, settings)
     reporter = None
     try:
-        state = restore(task.state, checkpointer, settings, plan)
+        state = restore(task.state, workdir, checkpointer, settings, plan)
         title = f"{settings.label} on {dataset.info.name}"
         reporter = Reporter(workdir, settings, plan.total_steps, int(state.step), title)
         say(
@@ -198,12 +198,14 @@ def open_checkpointer(workdir: Path | None, settings: Settings) -> Checkpointer 
     )
 
 
-def restore(state, checkpointer: Checkpointer | None, settings: Settings, plan: "Plan"):
+def restore(
+    state, workdir: Path | None, checkpointer: Checkpointer | None, settings: Settings, plan: "Plan"
+):
     """The latest checkpoint restored into `state`'s structure, or `state` if there is none
     (or `settings.resume` is False). Says where it resumed, and when training had finished."""
     if checkpointer is None or not settings.resume or checkpointer.latest_step() is None:
         return state
-    directory = checkpointer.directory
+    directory = workdir / "checkpoints"
     try:
         state, _ = checkpointer.restore(state)
     except CheckpointMismatchError as mismatch:
@@ -443,7 +445,8 @@ class _Run:
         if progress.interrupted and self.checkpointer is not None:
             raise PreemptedError(
                 f"Preempted at step {progress.step} ({progress.interrupted}); checkpoint saved "
-                f"in {self.checkpointer.directory}. Run the same command again to continue."
+                f"in {self.reporter.workdir / 'checkpoints'}. Run the same command again to "
+                "continue."
             )
         if not progress.eval_metrics:  # nothing left to train (a finished workdir): still report
             progress.eval_metrics = self.evaluate(state, self.plan.num_epochs)
