@@ -138,7 +138,8 @@ def train(
 
     With a workdir: checkpoints (latest and best), metrics.jsonl, TensorBoard events and
     curves.png; SIGTERM / SIGINT or the time budget save and raise `PreemptedError`. Without
-    one nothing is written, and the time budget simply ends training early.
+    one nothing is written, and the time budget simply ends training early. `callbacks` are
+    objects with any of the `Callback` methods, called in order.
     """
     workdir = None if workdir is None else writable_workdir(workdir)
     plan = Plan(settings, dataset.steps_per_epoch)
