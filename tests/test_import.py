@@ -8,9 +8,12 @@ import textwrap
 # Run in a fresh interpreter: this test process has long since imported everything.
 PROGRAM = textwrap.dedent(
     """
-    import logging, sys
-    import experiments.digits_cnn  # what `python -m experiments.<name>` imports before run()
-    assert "jax" not in sys.modules, "an experiment's config imported JAX before the CLI's call"
+    import importlib, logging, pkgutil, sys
+    import experiments
+    # What `python -m experiments.<name>` imports before its run() applies the allocator.
+    for module in pkgutil.iter_modules(experiments.__path__):
+        importlib.import_module(f"experiments.{module.name}")
+        assert "jax" not in sys.modules, f"experiments.{module.name} imported JAX"
     import matplotlib
     backend = dict.__getitem__(matplotlib.rcParams, "backend")
     filters = list(logging.getLogger("absl").filters)
