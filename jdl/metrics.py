@@ -48,7 +48,10 @@ class MetricWriter:
             self._rewrite([r for r in read_records(self.path) if r["step"] <= step])
 
     def _rewrite(self, records: list[dict]) -> None:
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        """Replaces the file by a renamed temporary one: a kill never leaves half of it."""
+        temporary = self.path.with_name(f"{METRICS_FILE}.tmp")
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in records))
+        temporary.replace(self.path)
 
     def close(self) -> None:
         if self._tensorboard is not None:
