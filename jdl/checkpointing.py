@@ -12,9 +12,15 @@ Only the array (pytree) fields are saved, as host NumPy arrays, so the files do 
 the device count or compile mode. A restore reads the shapes recorded on disk first,
 so a checkpoint of another model fails with a message naming the differing leaves,
 and then lets orbax place every leaf directly with the template leaf's sharding.
+
+Only the retention policy deletes a checkpoint. One that cannot be read (corrupt, or a
+filesystem error that may pass) is skipped on restore and stays where it is; when training
+saves its step again, the old folder is renamed to `<step>.unreadable` beside the others.
+A save that fails (a full disk) leaves the earlier checkpoints as they were.
 """
 
 import dataclasses
+import errno
 import logging
 import operator
 import os
@@ -38,6 +44,10 @@ class CheckpointError(Exception):
 
 class CheckpointMismatchError(CheckpointError):
     """A readable checkpoint whose leaves differ from the template's (another model)."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """Writing a checkpoint failed (e.g. the disk is full); the earlier ones are intact."""
 
 
 def array_fields(state: Any) -> dict[str, Any]:
@@ -120,6 +130,7 @@ class Checkpointer:
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', not {best_mode!r}")
         self.best_metric = best_metric
+        self._skipped: set[int] = set()  # steps `restore` skipped, still on disk
         policies = [checkpoint_managers.LatestN(n=max_to_keep)]
         best_fn = None
         if best_metric is not None:
@@ -168,21 +179,57 @@ class Checkpointer:
         """Saves `state`'s arrays and the JSON `metadata` as `step`; False if not saved.
 
         A step at or before the latest is skipped unless `force`; an existing step is
-        never overwritten. `metrics` ranks the checkpoint when it holds `best_metric`.
+        never overwritten, except one that `restore` found unreadable, which is renamed
+        first. `metrics` ranks the checkpoint when it holds `best_metric`. Raises
+        CheckpointSaveError when writing fails.
         """
-        if step in self._manager.all_steps():
+        if step in self._skipped:
+            self._set_aside(step)
+        elif step in self._manager.all_steps():
             return False
         ranked = self.best_metric is not None and metrics and self.best_metric in metrics
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(jax.device_get(array_fields(state))),
             metadata=ocp.args.JsonSave(metadata),
         )
-        return self._manager.save(
-            step,
-            args=args,
-            metrics={k: float(v) for k, v in metrics.items()} if ranked else None,
-            force=force,
+        try:
+            return self._manager.save(
+                step,
+                args=args,
+                metrics={k: float(v) for k, v in metrics.items()} if ranked else None,
+                force=force,
+            )
+        except OSError as error:
+            raise self._save_failed(step, error) from error
+
+    def _save_failed(self, step: int, error: OSError) -> CheckpointSaveError:
+        """Says what failed, that nothing older was touched, and how to go on."""
+        reason = os.strerror(error.errno).lower() if error.errno else str(error)
+        latest = self.latest_step()
+        kept = "no earlier checkpoint" if latest is None else f"the latest is step {latest}"
+        full = error.errno == errno.ENOSPC
+        advice = "free some space or lower keep_checkpoints, then " if full else ""
+        return CheckpointSaveError(
+            f"Saving checkpoint step {step} in {self.directory} failed: {reason} "
+            f"({type(error).__name__}). "
+            f"Earlier checkpoints are intact ({kept}); {advice}run the same command again "
+            "to resume."
         )
+
+    def _set_aside(self, step: int) -> None:
+        """Renames unreadable `step` to `<step>.unreadable[.n]`: kept, but no longer a step."""
+        folder = epath.Path(self.directory) / str(step)
+        target, n = folder.with_name(f"{step}.unreadable"), 1
+        while target.exists():
+            target, n = folder.with_name(f"{step}.unreadable.{n}"), n + 1
+        barrier = f"jdl_set_aside_{target.name}"  # every process has chosen the same target
+        ocp.multihost.sync_global_processes(f"{barrier}_chosen")
+        if jax.process_index() == 0:
+            folder.rename(target)
+        ocp.multihost.sync_global_processes(f"{barrier}_renamed")
+        self._manager.reload()
+        self._skipped.discard(step)
+        logger.warning("Saving step %d again; the unreadable one is kept as %s.", step, target)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -195,26 +242,26 @@ class Checkpointer:
         """(state, metadata) of `step`, or of the newest checkpoint that restores if None.
 
         The state takes `template`'s structure and each leaf the template leaf's sharding.
-        Falling back past unreadable checkpoints deletes them, so that their steps can
-        be saved again when training repeats them.
+        Unreadable checkpoints are skipped with a warning and left on disk: a read that
+        failed for a passing reason succeeds in a later run.
         """
         steps = sorted(self._manager.all_steps(), reverse=True)
         if step is not None:
             if step not in steps:
                 raise CheckpointError(f"No step {step} in {self.directory}; it has {steps}.")
             return self._restore_step(template, step)
-        for i, candidate in enumerate(steps):
+        for candidate in steps:
             try:
-                restored = self._restore_step(template, candidate)
+                return self._restore_step(template, candidate)
             except CheckpointMismatchError:
                 raise
             except CheckpointError as error:
-                logger.warning("%s; falling back to an earlier checkpoint.", error)
-                continue
-            for bad in steps[:i]:
-                logger.warning("Deleting unreadable checkpoint step %d in %s.", bad, self.directory)
-                self._manager.delete(bad)
-            return restored
+                logger.warning(
+                    "%s; falling back to an earlier checkpoint. Step %d stays on disk.",
+                    error,
+                    candidate,
+                )
+                self._skipped.add(candidate)
         raise CheckpointError(
             f"No checkpoint in {self.directory} could be restored (steps tried: {steps})."
         )

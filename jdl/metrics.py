@@ -1,17 +1,22 @@
 """What a person reads: JSON lines, TensorBoard events, early stopping, the NaN guard."""
 
 import json
+import logging
 import math
 from pathlib import Path
 
 import jax
 
+logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 
 
 class MetricWriter:
     """Appends `{"step", "epoch", "<split>/<name>": value}` records to workdir/metrics.jsonl
-    and the same scalars to TensorBoard. Only process 0 writes; other processes no-op."""
+    and the same scalars to TensorBoard. Only process 0 writes; other processes no-op.
+
+    A file whose last line a kill cut short is repaired first, so appends start a new line.
+    """
 
     def __init__(self, workdir: str | Path, enabled: bool | None = None):
         self.path = Path(workdir) / METRICS_FILE
@@ -21,6 +26,8 @@ class MetricWriter:
             from tensorboardX import SummaryWriter
 
             self._tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            if self.path.exists() and not self.path.read_text().endswith("\n"):
+                self._rewrite(read_records(self.path))
 
     def write(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -38,8 +45,13 @@ class MetricWriter:
     def truncate_after(self, step: int) -> None:
         """Drops records past `step`: a resumed run rewrites what the lost steps had logged."""
         if self.enabled and self.path.exists():
-            kept = [r for r in read_records(self.path) if r["step"] <= step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            self._rewrite([r for r in read_records(self.path) if r["step"] <= step])
+
+    def _rewrite(self, records: list[dict]) -> None:
+        """Replaces the file by a renamed temporary one: a kill never leaves half of it."""
+        temporary = self.path.with_name(f"{METRICS_FILE}.tmp")
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in records))
+        temporary.replace(self.path)
 
     def close(self) -> None:
         if self._tensorboard is not None:
@@ -47,8 +59,23 @@ class MetricWriter:
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """All records of a metrics.jsonl file, in order."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """All records of a metrics.jsonl file, in order.
+
+    A last line without its newline that is not JSON is a write cut short by a kill: it is
+    dropped with a warning. Any other line that is not JSON is an error naming it.
+    """
+    lines = Path(path).read_text().split("\n")  # ends with "" when the last write finished
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number < len(lines):
+                raise ValueError(f"{path} line {number} is not a JSON record: {error}") from error
+            logger.warning("Dropping the last line of %s, cut short by a kill: %.80r", path, line)
+    return records
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -1,6 +1,8 @@
 """Checkpointer: exact round trips, retention, compile-mode portability, and failure modes."""
 
+import errno
 import logging
+import os
 import pathlib
 
 import jax
@@ -8,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jdl.checkpointing import Checkpointer, CheckpointError, array_fields
+from jdl.checkpointing import Checkpointer, CheckpointError, CheckpointSaveError, array_fields
 from jdl.models import build_model
 from jdl.optimizers import make_optimizer
 from jdl.parallel.strategy import Strategy
@@ -179,18 +181,51 @@ def garble_metadata(step_dir: pathlib.Path) -> None:
     (step_dir / "state" / "_METADATA").write_text("not json {")
 
 
+def fingerprint(folder: pathlib.Path) -> dict[str, bytes]:
+    """Every file under `folder`, by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 @pytest.mark.parametrize("corrupt", [truncate_files, delete_array_data, garble_metadata])
-def test_corrupt_latest_falls_back(tmp_path, trained, caplog, corrupt):
+def test_corrupt_latest_falls_back_and_stays_on_disk(tmp_path, trained, caplog, corrupt):
     save_steps(tmp_path, trained, [1, 2, 3])
     corrupt(tmp_path / "3")
+    corrupted = fingerprint(tmp_path / "3")
     with Checkpointer(tmp_path) as ckpt, caplog.at_level(logging.WARNING, "jdl.checkpointing"):
         restored, metadata = ckpt.restore(template())
         assert metadata == {"step": 2}
         assert_states_equal(restored, trained.replace(step=trained.step + 2))
         assert "step 3" in caplog.text and "unreadable" in caplog.text
-        # The bad step is gone, so training can save step 3 again when it gets there.
-        assert ckpt.latest_step() == 2
+        assert fingerprint(tmp_path / "3") == corrupted  # read failed: nothing deleted
+        # Training saves step 3 again when it gets there; the bad folder is renamed, not lost.
         assert ckpt.save(3, trained, metadata={"step": 3})
+    assert fingerprint(tmp_path / "3.unreadable") == corrupted
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.restore(template())[1] == {"step": 3}
+
+
+def test_a_transient_read_error_keeps_the_checkpoint_for_the_next_run(
+    tmp_path, trained, caplog, monkeypatch
+):
+    save_steps(tmp_path, trained, [1, 2])
+    saved = fingerprint(tmp_path / "2")
+    read = ocp.StandardCheckpointHandler.restore
+    failures = iter([OSError(5, "Input/output error")])
+
+    def flaky_read(*args, **kwargs):  # a network filesystem hiccup, once
+        for error in failures:
+            raise error
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "restore", flaky_read)
+    with Checkpointer(tmp_path) as ckpt, caplog.at_level(logging.WARNING, "jdl.checkpointing"):
+        assert ckpt.restore(template())[1] == {"step": 1}
+    assert "step 2" in caplog.text and "OSError: [Errno 5] Input/output error" in caplog.text
+    assert fingerprint(tmp_path / "2") == saved
+    with Checkpointer(tmp_path) as ckpt:  # the next run reads it
+        restored, metadata = ckpt.restore(template())
+    assert metadata == {"step": 2}
+    assert_states_equal(restored, trained.replace(step=trained.step + 2))
 
 
 def test_all_corrupt_is_an_error(tmp_path, trained):
@@ -201,17 +236,20 @@ def test_all_corrupt_is_an_error(tmp_path, trained):
         ckpt.restore(template())
 
 
-def test_interrupted_save_keeps_previous(tmp_path, trained, monkeypatch):
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, trained, monkeypatch):
     save_steps(tmp_path, trained, [1])
+    saved = fingerprint(tmp_path / "1")
 
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    # The state item is written, then the metadata item fails: a crash mid-save.
-    monkeypatch.setattr(ocp.JsonCheckpointHandler, "async_save", crash)
-    with Checkpointer(tmp_path) as ckpt, pytest.raises(OSError, match="disk full"):
+    # The state item is written, then the metadata writer finds the disk full.
+    monkeypatch.setattr(ocp.JsonCheckpointHandler, "async_save", disk_full)
+    message = f"step 2 in {tmp_path} failed: no space left on device.*latest is step 1"
+    with Checkpointer(tmp_path) as ckpt, pytest.raises(CheckpointSaveError, match=message):
         ckpt.save(2, trained, metadata={"step": 2})
     monkeypatch.undo()
+    assert fingerprint(tmp_path / "1") == saved
     debris = sorted(p.name for p in tmp_path.iterdir())
     assert debris[0] == "1" and debris[1].startswith("2.orbax-checkpoint-tmp"), debris
 

@@ -2,9 +2,6 @@
 equal their per-step loops, evaluation counts every example once, bad setups are rejected."""
 
 import functools
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -27,10 +24,6 @@ MODEL_CONFIGS = {
 NUM_EPOCHS = 2
 EPOCH_SEED = 9
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
-
-
-def test_there_are_eight_devices():
-    assert jax.device_count() == 8
 
 
 def initial_state(model_name: str):
@@ -212,42 +205,3 @@ def test_jit_mode_uses_one_device_and_accepts_any_batch_size():
     strategy = Strategy("jit")
     assert strategy.num_devices == 1
     strategy.check_batch_size(7)
-
-
-# Page faults of the median call of the documents' CNN step (76 MB of scratch) in a fresh
-# process. The median, because now and then a call still lands its scratch on fresh pages.
-FAULTS_PER_CALL = """
-import resource, statistics
-import jax, numpy as np, optax
-from jdl.models import build_model
-from jdl.parallel import Strategy
-from jdl.state import create_train_state
-from jdl.steps import train_step
-strategy = Strategy("jit")
-model = build_model({"name": "cnn"}, 10)
-state = create_train_state(model, optax.adam(1e-3), (28, 28, 1), jax.random.key(0))
-step = strategy.compile_train(train_step)
-batch = {"image": np.ones((128, 28, 28, 1), np.float32), "label": np.zeros(128, np.int32)}
-faults = []
-for call in range(12):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    state, metrics = step(state, batch, jax.random.key(1))
-    jax.block_until_ready(metrics)
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(int(statistics.median(faults[4:])))
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
-def test_importing_jdl_keeps_freed_memory_so_cnn_scratch_is_not_page_faulted_in():
-    def faults_per_call(keep: str) -> int:
-        env = {**os.environ, "JDL_KEEP_FREED_MEMORY": keep, "XLA_FLAGS": ""}
-        result = subprocess.run(
-            [sys.executable, "-c", FAULTS_PER_CALL], env=env, capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
-        return int(result.stdout.split()[-1])
-
-    without, with_setting = faults_per_call("0"), faults_per_call("1")
-    assert without > 5_000  # tens of MB / 4 KB pages, zero-filled on every call
-    assert with_setting < without / 10

@@ -81,9 +81,10 @@ def test_curves_get_one_panel_per_metric(tmp_path):
         for s in range(1, 5)
     ] + [{"step": 4, "eval/fid": 3.0, "eval/d_loss": 0.5}]
     assert metric_names(records) == ["d_loss", "g_loss", "fid"]
-    path = plot_curves(records, tmp_path / "curves.png")
     from PIL import Image
 
-    width, height = Image.open(path).size
-    assert (width, height) == (1500, 400)  # three 5x4-inch panels at 100 dpi
-    assert np.asarray(Image.open(path)).std() > 0
+    three = Image.open(plot_curves(records, tmp_path / "three.png"))
+    one = Image.open(plot_curves([{"step": 1, "train/loss": 1.0}], tmp_path / "one.png"))
+    # Panels side by side: three metrics make a figure three panels wide.
+    assert three.size == (3 * one.size[0], one.size[1])
+    assert np.asarray(three).std() > 0
