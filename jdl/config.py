@@ -4,6 +4,7 @@ from collections.abc import Mapping
 
 import ml_collections
 
+from jdl.metrics import metric_mode
 from jdl.parallel import MODES
 
 
@@ -55,6 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 0  # 0: only at the end of each epoch
     c.keep_checkpoints = 3  # the last K, plus the best by best_metric
     c.best_metric = "eval/accuracy"
+    # min | max | auto (or None): auto looks best_metric up in jdl.metrics.METRIC_MODES
+    c.best_mode = ml_collections.FieldReference(None, field_type=str)
     c.early_stopping_patience = 0  # evaluations without improvement of best_metric; 0 disables
     c.progress_bar = True
     return c
@@ -75,6 +78,7 @@ def validate_config(config: Mapping) -> ml_collections.ConfigDict:
             raise ValueError(f"Config {key} must be >= 1, got {merged[key]}")
     if merged.num_steps is None and merged.num_epochs < 1:
         raise ValueError(f"Config num_epochs must be >= 1, got {merged.num_epochs}")
+    metric_mode(merged.best_metric, merged.best_mode)
     return merged
 
 

@@ -16,11 +16,12 @@ from jdl import distributed
 from jdl.checkpointing import Checkpointer, CheckpointMismatchError
 from jdl.config import total_train_steps, validate_config
 from jdl.data import Dataset, load_dataset
+from jdl.data.checks import check_labels
 from jdl.metrics import (
     EarlyStopping,
     MetricWriter,
     check_finite,
-    lower_is_better,
+    metric_mode,
     read_records,
 )
 from jdl.parallel import Strategy
@@ -36,7 +37,9 @@ def evaluate(eval_fn, state, dataset: Dataset, strategy: Strategy) -> dict:
     """Mean eval metrics over every example of the eval split (padding masked out)."""
     totals = None
     for batch in dataset.eval_batches():
-        totals = merge(totals, eval_fn(state, strategy.put_batch(batch)))
+        totals = merge(
+            totals, eval_fn(state, strategy.put_batch(check_labels(batch, dataset.info)))
+        )
     return {f"eval/{k}": v for k, v in summarize(totals).items()}
 
 
@@ -69,7 +72,9 @@ class _Trainer:
         self.single = strategy.compile_train(step)
         if config.data_on_device:
             self.epoch_fn = strategy.compile_train_epoch(step, config.batch_size)
-            self.resident = strategy.put_replicated(dataset.train_arrays())
+            self.resident = strategy.put_replicated(
+                check_labels(dataset.train_arrays(), dataset.info)
+            )
         elif config.steps_per_call > 1:
             self.multi = strategy.compile_train_steps(step)
 
@@ -83,6 +88,7 @@ class _Trainer:
             return
         k = self.config.steps_per_call if not self.config.data_on_device else 1
         batches = itertools.islice(self.dataset.train_batches(epoch, start), end - start)
+        batches = (check_labels(batch, self.dataset.info) for batch in batches)
         in_flight = None
         for fn, device_batch, done in prefetch(self._placed_calls(batches, k)):
             state, metrics = fn(state, device_batch, rng)
@@ -219,7 +225,7 @@ def train_and_evaluate(
     task = make_task(config, dataset)
     state = task.state
 
-    best_mode = "min" if lower_is_better(config.best_metric) else "max"
+    best_mode = metric_mode(config.best_metric, config.best_mode)
     checkpointer = Checkpointer(
         workdir / "checkpoints",
         max_to_keep=config.keep_checkpoints,
