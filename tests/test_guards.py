@@ -8,14 +8,17 @@ import numpy as np
 import pytest
 from loop_helpers import small_config
 
+from experiments import adding_problem, digits_dcgan
 from jdl import train_and_evaluate
 from jdl.config import validate_config
-from jdl.data import from_arrays
+from jdl.data import from_arrays, load_dataset
+from jdl.data.embedded import load_embedded
 from jdl.metrics import metric_mode
 from jdl.models import build_model
 from jdl.optimizers import make_optimizer
 from jdl.state import create_train_state
 from jdl.steps import train_step
+from jdl.tasks import make_task
 
 X = np.random.default_rng(0).random((64, 8, 8, 1), np.float32)
 Y = np.arange(64) % 4
@@ -95,3 +98,70 @@ def test_an_explicit_best_mode_wins_and_an_unknown_name_asks_for_one():
         metric_mode("eval/loss_ratio")
     with pytest.raises(ValueError, match="set best_mode"):
         validate_config(small_config(best_metric="eval/loss_ratio"))
+
+
+def gan_config(**overrides):
+    """The digits DCGAN at its narrowest, without the FID classifier."""
+    c = digits_dcgan.get_config()
+    c.model.generator.widths = (8, 8, 8)
+    c.model.discriminator.widths = (8, 8, 8)
+    c.task.latent_dim = 4
+    c.task.classifier_steps = 0
+    for key, value in overrides.items():
+        c[key] = value
+    return validate_config(c)
+
+
+def digits():
+    return load_embedded("digits", batch_size=64, eval_batch_size=128, seed=0)
+
+
+def test_the_gan_optimizer_honours_weight_decay_and_clipping():
+    from jdl.tasks.gan import gan_optimizer
+
+    params = {
+        "Dense_0": {"kernel": np.full((2, 2), 3.0, np.float32), "bias": np.ones(2, np.float32)}
+    }
+    config = gan_config(optimizer="adamw", weight_decay=0.1, learning_rate=1.0)
+    tx = gan_optimizer(config, num_updates=10, beta1=0.5)
+    zero_grads = jax.tree_util.tree_map(np.zeros_like, params)
+    updates, _ = tx.update(zero_grads, tx.init(params), params)
+    # A zero gradient leaves only the decoupled decay, -lr * weight_decay * kernel; none on biases.
+    np.testing.assert_allclose(updates["Dense_0"]["kernel"], np.full((2, 2), -0.3), rtol=1e-6)
+    np.testing.assert_allclose(updates["Dense_0"]["bias"], np.zeros(2))
+    grads = jax.tree_util.tree_map(lambda p: np.full_like(p, 1e6), params)
+
+    def largest_first_update(grad_clip_norm):
+        tx = gan_optimizer(gan_config(grad_clip_norm=grad_clip_norm), num_updates=10, beta1=0.5)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        return max(float(np.abs(u).max()) for u in jax.tree_util.tree_leaves(updates))
+
+    # Adam's first step moves by the learning rate (2e-4) whatever the gradient's size, unless
+    # clipping shrinks the gradient towards Adam's eps (1e-8).
+    assert largest_first_update(0.0) == pytest.approx(2e-4, rel=1e-3)
+    assert largest_first_update(1e-9) < 0.1 * 2e-4
+
+
+def test_a_key_the_task_does_not_read_is_an_error_naming_key_and_task():
+    with pytest.raises(ValueError, match=r"optimizer='sgd' has no effect on the 'gan' task"):
+        make_task(gan_config(optimizer="sgd"), digits())
+    with pytest.raises(ValueError, match=r"Unknown field\(s\) \['label_smoothing'\]"):
+        make_task(gan_config(task={**gan_config().task, "label_smoothing": 0.1}), digits())
+    config = validate_config(adding_problem.get_config())
+    config.label_smoothing = 0.1
+    dataset = load_dataset(
+        "adding_problem",
+        batch_size=8,
+        eval_batch_size=8,
+        seed=0,
+        seq_len=5,
+        num_train=16,
+        num_eval=8,
+    )
+    with pytest.raises(ValueError, match=r"label_smoothing=0.1 has no effect on the 'regression'"):
+        make_task(config, dataset)
+
+
+def test_augment_shift_on_inputs_that_are_not_images_is_a_config_error():
+    with pytest.raises(ValueError, match=r"augment_shift=2 translates images.*'features'"):
+        make_task(validate_config(small_config(augment_shift=2)), features_dataset())

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import ml_collections
 
+from jdl.config import base_config
 from jdl.data import Dataset
 from jdl.tasks.base import Task
 from jdl.tasks.classification import classification_task
@@ -24,6 +25,27 @@ TASKS: dict[str, TaskFactory] = {
     "language_model": language_model,
     "gan": gan_task,
 }
+
+
+# Top-level config keys a task does not read: a value away from the default is an error
+# naming the key and the task, not a silent no-op.
+UNREAD_KEYS: dict[str, tuple[str, ...]] = {
+    "classification": (),
+    "regression": ("label_smoothing", "augment_shift"),
+    "language_model": ("label_smoothing", "augment_shift"),
+    "gan": ("augment_shift",),
+}
+
+
+def check_read_keys(config: ml_collections.ConfigDict, name: str) -> None:
+    """A ValueError naming the first key of UNREAD_KEYS[name] set away from its default."""
+    defaults = base_config()
+    for key in UNREAD_KEYS[name]:
+        if config[key] != defaults[key]:
+            raise ValueError(
+                f"Config {key}={config[key]!r} has no effect on the {name!r} task; "
+                f"remove it (default {defaults[key]!r})"
+            )
 
 
 def task_fields(factory: TaskFactory) -> list[str]:
@@ -42,6 +64,7 @@ def make_task(config: ml_collections.ConfigDict, dataset: Dataset) -> Task:
     unknown = sorted(set(fields) - set(valid))
     if unknown:
         raise ValueError(f"Unknown field(s) {unknown} for task {name!r}; valid fields: {valid}")
+    check_read_keys(config, name)
     return TASKS[name](config, dataset, **fields)
 
 
