@@ -10,13 +10,14 @@ arguments of `gan_task`.
 
 import functools
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from jdl import gan_eval
 from jdl.config import total_train_steps
@@ -73,11 +74,22 @@ def gan_optimizer(config, num_updates: int, beta1: float) -> optax.GradientTrans
     return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam)
 
 
+def global_batches(batches: Iterator[dict]) -> Iterator[dict]:
+    """Each batch of this process joined with the same batch of every other process (in
+    process order: the global batch), so that all processes see the same examples."""
+    for batch in batches:
+        yield (
+            multihost_utils.process_allgather(batch, tiled=True)
+            if jax.process_count() > 1
+            else batch
+        )
+
+
 def train_classifier(dataset: Dataset, num_steps: int, seed: int) -> tuple[TrainState, float]:
     """The CNN(32, 64) + Dense(128) feature network, trained with Adam; returns its eval accuracy.
 
-    Each process trains on its own train shard, so in multi-process runs every process
-    has its own (similar) classifier.
+    Every process trains on the same global batches and evaluates on the whole eval split,
+    so a run has one classifier, the same whatever its number of processes.
     """
     model = CNN(dense_size=CLASSIFIER_HIDDEN, num_outputs=dataset.info.num_classes)
     tx = optax.adam(CLASSIFIER_LEARNING_RATE)
@@ -85,17 +97,18 @@ def train_classifier(dataset: Dataset, num_steps: int, seed: int) -> tuple[Train
     step, evaluate = jax.jit(train_step), jax.jit(eval_step)
     rng = jax.random.key(seed)
     for epoch in range(-(-num_steps // dataset.steps_per_epoch)):
-        for batch in itertools.islice(dataset.train_batches(epoch), num_steps - int(state.step)):
+        batches = dataset.train_batches(epoch)
+        for batch in global_batches(itertools.islice(batches, num_steps - int(state.step))):
             state, _ = step(state, batch, rng)
     totals = None
-    for batch in dataset.eval_batches():
+    for batch in global_batches(dataset.eval_batches()):
         totals = merge(totals, evaluate(state, batch))
     return state, summarize(totals)["accuracy"]
 
 
 def eval_images(dataset: Dataset) -> np.ndarray:
-    """This process's eval images (padding dropped)."""
-    parts = [b["image"][b["mask"] > 0] for b in dataset.eval_batches()]
+    """The eval split's images, from every process (padding dropped)."""
+    parts = [b["image"][b["mask"] > 0] for b in global_batches(dataset.eval_batches())]
     return np.concatenate(parts)
 
 
