@@ -1,5 +1,6 @@
 """The experiment command line: a mistake is one clear message and exit status 2."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -103,3 +104,25 @@ def test_the_traceback_flag_or_variable_lets_the_error_through(monkeypatch, tmp_
     monkeypatch.setattr(sys, "argv", ["binary_mlp", "--traceback"])
     with pytest.raises(cli.UsageError, match="--workdir DIR is required"):
         cli.run(binary_mlp.get_config)
+
+
+def test_a_failed_download_is_quiet_and_leaves_only_what_was_there(tmp_path, capsys, caplog):
+    from jdl.data.tfds_data import _quiet, _removed_if_failed
+
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "earlier.gz").write_text("kept")
+    (tmp_path / "cifar10").mkdir()
+
+    def failing_download():  # what tfds does offline: progress, retries, partial files
+        (tmp_path / "mnist" / "3.0.1.incomplete").mkdir(parents=True)
+        (tmp_path / "downloads" / "mnist.gz.tmp").write_text("partial")
+        print("Dl Completed...: 0 url")
+        print("Extraction completed...", file=sys.stderr)
+        logging.getLogger("urllib3.connectionpool").warning("Retrying after NameResolutionError")
+        raise ConnectionError("offline")
+
+    with pytest.raises(ConnectionError), _removed_if_failed(tmp_path), _quiet():
+        failing_download()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cifar10", "downloads", "earlier.gz"]
+    assert capsys.readouterr() == ("", "")
+    assert not [r for r in caplog.records if r.name.startswith("urllib3")]

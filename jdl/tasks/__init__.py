@@ -28,7 +28,7 @@ TASKS: dict[str, TaskFactory] = {
 
 
 # Top-level config keys a task does not read: a value away from the default is an error
-# naming the key and the task, not a silent no-op.
+# naming the key and the task, not a silent no-op. A task not listed is trusted to read all.
 UNREAD_KEYS: dict[str, tuple[str, ...]] = {
     "classification": (),
     "regression": ("label_smoothing", "augment_shift"),
@@ -40,7 +40,7 @@ UNREAD_KEYS: dict[str, tuple[str, ...]] = {
 def check_read_keys(config: ml_collections.ConfigDict, name: str) -> None:
     """A ValueError naming the first key of UNREAD_KEYS[name] set away from its default."""
     defaults = base_config()
-    for key in UNREAD_KEYS[name]:
+    for key in UNREAD_KEYS.get(name, ()):
         if config[key] != defaults[key]:
             raise ValueError(
                 f"Config {key}={config[key]!r} has no effect on the {name!r} task; "
