@@ -65,7 +65,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
     from jdl.config import validate_config
     from jdl.preemption import PREEMPTED_EXIT_CODE, PreemptedError
 
-    logging.set_verbosity(logging.ERROR)  # orbax logs every save; tfds every download try
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config = validate_config(config)
     try:
         train_and_evaluate(config, workdir)
