@@ -33,16 +33,15 @@ def get_config():
         {
             "name": "gan",
             "loss": "non_saturating",  # non_saturating | hinge
-            "label_smoothing": 0.0,  # one-sided: D's target for real images is 1 - this
             "d_steps": 1,  # discriminator updates per generator update
-            "latent_dim": 100,
+            "latent_dim": 100,  # size of the generator's input noise z
             "beta1": 0.5,  # Adam's beta1 for both networks (DCGAN)
             "classifier_steps": 1000,  # FID feature classifier's Adam steps; 0: no FID/IS
             "fid_samples": 0,  # generated images per FID; 0: as many as the eval split
             "grid_rows": 8,  # sample grids are grid_rows x grid_rows
         }
     )
-    c.learning_rate = 2e-4  # both networks' Adam (c.optimizer is not used by the gan task)
+    c.learning_rate = 2e-4  # both networks' Adam (optimizer adam, or adamw with weight_decay)
     c.batch_size = 128
     c.eval_batch_size = 500
     c.num_epochs = 5

@@ -13,7 +13,7 @@ def get_config():
     # 64) still drew a few repeated shapes after 26 epochs; these drew varied digits by 34.
     c.model.generator.widths = (128, 64, 32)  # half width: 4x less compute
     c.model.discriminator.widths = (32, 64, 128)
-    c.task.label_smoothing = 0.1  # one-sided: D aims at 0.9 on real images
+    c.label_smoothing = 0.1  # one-sided: D aims at 0.9 on real images
     c.batch_size = 32  # 44 steps per epoch
     c.num_epochs = 60
     c.log_every = 44

@@ -17,7 +17,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data_on_device = False  # keep the train split on the device; one compiled call per epoch
     c.steps_per_call = 1  # K > 1 runs K steps in one call (lax.scan over K stacked batches)
     # Optimisation (see jdl.optimizers.make_optimizer).
-    c.num_epochs = 10
+    c.num_epochs = 10  # passes over the train split
     c.num_steps = ml_collections.FieldReference(None, field_type=int)  # overrides num_epochs
     c.optimizer = "adam"  # sgd | momentum | nesterov | adam | adamw | adagrad | rmsprop
     c.learning_rate = 1e-3  # peak learning rate
@@ -28,8 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.momentum = 0.9  # momentum and nesterov
     c.weight_decay = 0.0  # decoupled; skips biases and normalisation scales
     c.grad_clip_norm = 0.0  # global-norm clipping; 0 disables
-    c.label_smoothing = 0.0  # softmax cross-entropy only
-    c.augment_shift = 0  # random translation of training images by up to this many pixels
+    c.label_smoothing = 0.0  # softmax targets; gan: one-sided, D aims at 1 - this on real
+    c.augment_shift = 0  # random shift of training images by up to this many pixels
     # Model: `name` picks from jdl.models.MODELS, the other fields are its attributes.
     c.model = ml_collections.ConfigDict({"name": "cnn"})
     # Task: `name` picks from jdl.tasks.TASKS, the other fields are its factory's options.
@@ -37,24 +37,26 @@ def base_config() -> ml_collections.ConfigDict:
     # Extra keyword options of the dataset's loader (e.g. {"seq_len": 100}); {} for none.
     c.data = ml_collections.ConfigDict()
     # Execution.
-    c.seed = 0
+    c.seed = 0  # parameters, shuffling, dropout and augmentation
     c.parallel = "jit"  # jit | sharded | pmap
     # Multiple processes (jax.distributed): each process reads its own shard of the data.
     c.distributed = False  # initialise jax.distributed; None fields below are auto-detected
     c.coordinator_address = ml_collections.FieldReference(None, field_type=str)  # "host:port"
-    c.num_processes = ml_collections.FieldReference(None, field_type=int)
-    c.process_id = ml_collections.FieldReference(None, field_type=int)
+    c.num_processes = ml_collections.FieldReference(None, field_type=int)  # processes in all
+    c.process_id = ml_collections.FieldReference(None, field_type=int)  # this one's, from 0
     # Compiled programs saved across runs (jax's persistent cache); None disables.
     c.compilation_cache_dir = ml_collections.FieldReference(None, field_type=str)
     c.time_budget_s = 0.0  # stop and save before this many seconds have passed; 0: no limit
     # Reporting and checkpoints (intervals in steps; both also happen at every epoch's end).
-    c.log_every = 50
+    c.log_every = 50  # train metrics to metrics.jsonl and TensorBoard
     c.eval_every = 0  # 0: only at the end of each epoch
     c.checkpoint_every = 0  # 0: only at the end of each epoch
     c.keep_checkpoints = 3  # the last K, plus the best by best_metric
-    c.best_metric = "eval/accuracy"
+    c.best_metric = "eval/accuracy"  # ranks checkpoints and drives early stopping
+    # min | max | auto (or None): auto looks best_metric up in jdl.metrics.METRIC_MODES
+    c.best_mode = ml_collections.FieldReference(None, field_type=str)
     c.early_stopping_patience = 0  # evaluations without improvement of best_metric; 0 disables
-    c.progress_bar = True
+    c.progress_bar = True  # a tqdm bar on process 0
     return c
 
 
@@ -66,7 +68,8 @@ def validate_config(config: Mapping) -> ml_collections.ConfigDict:
         raise ValueError(f"Unknown config key(s) {unknown}; valid keys: {sorted(merged)}")
     for key, value in dict(config).items():  # assignment: a given sub-config replaces the default
         merged[key] = value
-    from jdl.parallel import MODES  # here, so that configs load without JAX
+    from jdl.metrics import metric_mode  # here, so that configs load without JAX
+    from jdl.parallel import MODES
 
     if merged.parallel not in MODES:
         raise ValueError(f"Unknown compile mode parallel={merged.parallel!r}; valid: {list(MODES)}")
@@ -75,6 +78,7 @@ def validate_config(config: Mapping) -> ml_collections.ConfigDict:
             raise ValueError(f"Config {key} must be >= 1, got {merged[key]}")
     if merged.num_steps is None and merged.num_epochs < 1:
         raise ValueError(f"Config num_epochs must be >= 1, got {merged.num_epochs}")
+    metric_mode(merged.best_metric, merged.best_mode)
     return merged
 
 

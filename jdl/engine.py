@@ -26,11 +26,12 @@ from tqdm.auto import tqdm
 
 from jdl.checkpointing import Checkpointer, CheckpointMismatchError
 from jdl.data import Dataset
+from jdl.data.checks import check_labels
 from jdl.metrics import (
     EarlyStopping,
     MetricWriter,
     check_finite,
-    lower_is_better,
+    metric_mode,
     read_records,
 )
 from jdl.parallel import Strategy
@@ -51,8 +52,8 @@ class Settings:
     edge (`jdl.loop.settings_from_config`) or given directly (`jdl.Model.fit`).
 
     Intervals are in steps; 0 means only at the end of every epoch (evaluation and saving
-    also happen then, and at the end of training). `best_mode` None takes the direction from
-    the metric's name (losses and errors: lower is better). `patience` counts evaluations
+    also happen then, and at the end of training). `best_mode` "min" or "max"; None or "auto"
+    looks the direction up in `jdl.metrics.METRIC_MODES`. `patience` counts evaluations
     without improvement of `best_metric` before stopping (0: never). `time_budget_s` > 0
     stops and saves before that many seconds have passed. `resume` False ignores the
     workdir's checkpoints (starting from `task.state`); new saves still go there.
@@ -86,13 +87,12 @@ class Settings:
             raise ValueError(f"num_epochs must be >= 1, got {self.num_epochs}")
         if self.num_steps is not None and self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1 or None, got {self.num_steps}")
-        if self.best_mode not in (None, "min", "max"):
-            raise ValueError(f"best_mode must be 'min', 'max' or None, not {self.best_mode!r}")
+        metric_mode(self.best_metric, self.best_mode)  # an unknown direction raises now
 
     @property
     def mode(self) -> str:
         """'min' or 'max': which way `best_metric` improves."""
-        return self.best_mode or ("min" if lower_is_better(self.best_metric) else "max")
+        return metric_mode(self.best_metric, self.best_mode)
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """Steps of the whole run: `num_steps` if set, else `num_epochs` epochs."""
@@ -255,7 +255,9 @@ class Trainer:
         self.single = strategy.compile_train(step)
         if settings.data_on_device:
             self.epoch_fn = strategy.compile_train_epoch(step, dataset.batch_size)
-            self.resident = strategy.put_replicated(dataset.train_arrays())
+            self.resident = strategy.put_replicated(
+                check_labels(dataset.train_arrays(), dataset.info)
+            )
         elif self.steps_per_call > 1:
             self.multi = strategy.compile_train_steps(step)
 
@@ -267,6 +269,7 @@ class Trainer:
             yield state, metrics, end
             return
         batches = itertools.islice(self.dataset.train_batches(epoch, start), end - start)
+        batches = (check_labels(batch, self.dataset.info) for batch in batches)
         in_flight = None
         for fn, device_batch, done in prefetch(self._placed_calls(batches)):
             state, metrics = fn(state, device_batch, rng)
@@ -291,6 +294,7 @@ def evaluate(eval_fn, state, dataset: Dataset, strategy: Strategy) -> dict:
     """Mean eval metrics over every example of the eval split (padding masked out)."""
     totals = None
     for batch in dataset.eval_batches():
+        batch = check_labels(batch, dataset.info)
         totals = merge(totals, eval_fn(state, strategy.put_batch(batch)))
     return {f"eval/{k}": v for k, v in summarize(totals).items()}
 

@@ -61,6 +61,7 @@ def settings_from_config(config: ml_collections.ConfigDict, label: str) -> engin
         checkpoint_every=config.checkpoint_every,
         keep_checkpoints=config.keep_checkpoints,
         best_metric=config.best_metric,
+        best_mode=config.best_mode,
         patience=config.early_stopping_patience,
         time_budget_s=config.time_budget_s,
         progress_bar=config.progress_bar,

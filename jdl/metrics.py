@@ -98,17 +98,58 @@ def check_finite(metrics: dict[str, float], first_step: int, last_step: int) -> 
         )
         raise NonFiniteLossError(
             f"Training loss {name} became {loss} at {where}; the last checkpoint before it is "
-            "kept. Lower the learning rate or enable grad_clip_norm."
+            "kept. Lower the learning rate or enable grad_clip_norm (a label outside the model's "
+            "classes also gives a NaN loss)."
         )
 
 
-def lower_is_better(metric: str) -> bool:
-    """Whether smaller values of `metric` are better (losses, errors, distances)."""
-    return any(word in metric for word in ("loss", "mse", "fid", "distance", "error"))
+# Which way is better, by the metric's name without its split ("eval/fid" -> "fid").
+# A name not listed here needs config `best_mode`: directions are never guessed from
+# substrings (a "loss_ratio" or "nll_gain" could go either way).
+METRIC_MODES: dict[str, str] = {
+    **dict.fromkeys(
+        ("loss", "d_loss", "g_loss", "mse", "mae", "nll", "perplexity", "fid", "error", "distance"),
+        "min",
+    ),
+    **dict.fromkeys(
+        ("accuracy", "classifier_accuracy", "inception_score", "precision", "recall", "f1", "auc"),
+        "max",
+    ),
+}
+BEST_MODES = ("min", "max", "auto")
+
+
+def metric_mode(metric: str, mode: str | None = None) -> str:
+    """Whether `metric` is minimised ("min") or maximised ("max"): `mode` when it says
+    so, else the entry of METRIC_MODES; an unknown name asks for `mode`."""
+    if mode not in (*BEST_MODES, None):
+        raise ValueError(f"best_mode must be one of {list(BEST_MODES)} or None, not {mode!r}")
+    if mode in ("min", "max"):
+        return mode
+    name = metric.rsplit("/", 1)[-1]
+    if name not in METRIC_MODES:
+        raise ValueError(
+            f"best_metric {metric!r} is not a metric whose direction jdl knows "
+            f"({sorted(METRIC_MODES)}); set best_mode to 'min' or 'max'"
+        )
+    return METRIC_MODES[name]
+
+
+def check_best_metric(metrics: dict[str, float], metric: str) -> None:
+    """A ValueError listing the metrics evaluation produced when `metric` is not one of them."""
+    if metric not in metrics:
+        raise ValueError(
+            f"best_metric {metric!r} is not produced by evaluation, which gives "
+            f"{sorted(metrics)}; set best_metric to one of them"
+        )
 
 
 class EarlyStopping:
-    """Stops when `metric` has not improved for `patience` evaluations (0 disables)."""
+    """Stops when `metric` has not improved for `patience` evaluations (0 disables).
+
+    Every update checks that `metric` exists, patience or not: keeping the best checkpoint
+    reads it too, and a misspelt name would otherwise turn both off without a word.
+    """
 
     def __init__(self, metric: str, patience: int, mode: str = "max"):
         if mode not in ("max", "min"):
@@ -119,7 +160,8 @@ class EarlyStopping:
 
     def update(self, metrics: dict[str, float]) -> bool:
         """Records one evaluation; True when training should stop."""
-        if self.patience <= 0 or self.metric not in metrics:
+        check_best_metric(metrics, self.metric)
+        if self.patience <= 0:
             return False
         value = metrics[self.metric]
         improved = self.best is None or (

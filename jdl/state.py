@@ -15,7 +15,8 @@ class TrainState:
     """Step counter, parameters, optimizer state and batch-norm statistics ({} if none).
 
     `model` and `tx` are static: they define the computation, not its values,
-    so a checkpoint holds only the four array fields.
+    so a checkpoint holds only the four array fields. So is `input_shape`, one example's
+    shape that the parameters were built for (None: unknown), which the steps check.
     """
 
     step: jax.Array
@@ -24,6 +25,7 @@ class TrainState:
     batch_stats: Any
     model: nn.Module = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    input_shape: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
 
     def apply_gradients(self, grads, batch_stats) -> "TrainState":
         """One optimizer update; also stores the batch statistics of the forward pass."""
@@ -56,6 +58,7 @@ def create_train_state(
         batch_stats=variables.get("batch_stats", {}),
         model=model,
         tx=tx,
+        input_shape=tuple(input_shape),
     )
 
 

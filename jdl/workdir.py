@@ -20,7 +20,7 @@ import numpy as np
 from jdl.checkpointing import Checkpointer, CheckpointError
 from jdl.config import validate_config
 from jdl.data import Dataset, DatasetInfo
-from jdl.metrics import lower_is_better
+from jdl.metrics import metric_mode
 from jdl.models import GIVEN_FIELDS, registered_name
 from jdl.tasks import make_task
 
@@ -164,7 +164,7 @@ def load_workdir(
         config.task.sample_tokens = 0  # sampling needs the vocabulary; a prediction does not
     record = json.loads((workdir / DATASET_FILE).read_text())
     template = make_task(config, _Shapes(record, config.batch_size), model=model).state
-    mode = "min" if lower_is_better(config.best_metric) else "max"
+    mode = metric_mode(config.best_metric, config.best_mode)
     directory = workdir / "checkpoints"
     with Checkpointer(directory, best_metric=config.best_metric, best_mode=mode) as checkpointer:
         step = checkpointer.best_step() if which == "best" else checkpointer.latest_step()

@@ -9,7 +9,7 @@ from loop_helpers import small_config
 
 from jdl import tasks, train_and_evaluate
 from jdl.data import load_dataset
-from jdl.metrics import NonFiniteLossError, check_finite, lower_is_better, read_records
+from jdl.metrics import NonFiniteLossError, check_finite, read_records
 from jdl.plots import metric_names, plot_curves
 from jdl.tasks import TASKS, make_task
 
@@ -65,14 +65,6 @@ def test_every_loss_metric_is_checked_for_nan():
     check_finite({"d_loss": 0.7, "g_loss": 1.2, "d_real": float("nan")}, 1, 5)  # not a loss
     with pytest.raises(NonFiniteLossError, match=r"g_loss became inf at steps 1-5"):
         check_finite({"d_loss": 0.7, "g_loss": float("inf")}, 1, 5)
-
-
-@pytest.mark.parametrize(
-    ("metric", "lower"),
-    [("eval/loss", True), ("eval/mse", True), ("eval/fid", True), ("eval/accuracy", False)],
-)
-def test_lower_is_better(metric, lower):
-    assert lower_is_better(metric) is lower
 
 
 def test_curves_get_one_panel_per_metric(tmp_path):

@@ -6,7 +6,11 @@ with accelerators hidden from it: TensorFlow only reads data, JAX owns the devic
 
 import contextlib
 import functools
+import io
+import logging
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 from jdl.data.dataset import Batch, Dataset, DatasetInfo, epoch_seed
 from jdl.data.embedded import EMBEDDED
@@ -53,6 +57,41 @@ def _few_download_retries():
         downloader.MAX_RETRIES = default
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Holds back tfds's progress bars and urllib3's retry warnings: offline, they are
+    dozens of lines ahead of the one message that says what to do."""
+    retries = logging.getLogger("urllib3")
+    level = retries.level
+    retries.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        retries.setLevel(level)
+
+
+@contextlib.contextmanager
+def _removed_if_failed(data_dir_root):
+    """Removes what a failed download added to `data_dir_root` and its `downloads` folder
+    (temporary files, an incomplete dataset folder); what was there before stays."""
+    folders = [Path(data_dir_root), Path(data_dir_root) / "downloads"]
+    before = {folder: set(folder.iterdir()) if folder.is_dir() else None for folder in folders}
+    try:
+        yield
+    except Exception:
+        for folder in reversed(folders):
+            if before[folder] is None:
+                shutil.rmtree(folder, ignore_errors=True)
+            elif folder.is_dir():
+                for path in set(folder.iterdir()) - before[folder]:
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+        raise
+
+
 def prepared_builder(name: str, data_dir: str | None = None, download: bool = True):
     """The tfds builder of `name` in `data_dir` (tfds's default if None), prepared.
 
@@ -66,8 +105,9 @@ def prepared_builder(name: str, data_dir: str | None = None, download: bool = Tr
     if not download:
         reason = "it has not been prepared there and download=False"
         raise DatasetUnavailableError(_unavailable_message(name, builder.data_dir_root, reason))
+    print(f"Downloading and preparing tfds dataset {name!r} in {str(builder.data_dir_root)!r}...")
     try:
-        with _few_download_retries():
+        with _few_download_retries(), _removed_if_failed(builder.data_dir_root), _quiet():
             builder.download_and_prepare()
     except Exception as err:
         reason = f"download_and_prepare failed with {type(err).__name__}: {err}"

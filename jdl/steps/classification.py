@@ -28,6 +28,24 @@ def model_inputs(batch: dict) -> jax.Array:
     raise KeyError(f"Batch has none of the input keys {INPUT_KEYS}; it has {sorted(batch)}")
 
 
+def checked_inputs(state: TrainState, batch: dict) -> jax.Array:
+    """`model_inputs(batch)`, after checking that an image or feature example has the shape
+    the model was built for (a static check while tracing: it costs nothing per step).
+
+    Without it, flax reports a parameter shape deep inside the model, naming neither shape.
+    Sequences and tokens are not checked: recurrent models take any length.
+    """
+    inputs = model_inputs(batch)
+    expected = state.input_shape
+    fixed_shape = "image" in batch or "features" in batch
+    if fixed_shape and expected is not None and tuple(inputs.shape[1:]) != tuple(expected):
+        raise ValueError(
+            f"Input examples have shape {tuple(inputs.shape[1:])} but the model was built "
+            f"for {tuple(expected)}; build the state for this data or reshape the inputs"
+        )
+    return inputs
+
+
 def model_kwargs(batch: dict) -> dict:
     """Keyword inputs of the model beyond `model_inputs`: sequence `lengths` when the batch
     has a `length` entry (variable-length sequences padded at the end)."""
@@ -42,10 +60,17 @@ def example_weights(batch: dict) -> jax.Array:
 
 
 def per_example_loss(logits, labels, label_smoothing: float = 0.0) -> jax.Array:
-    """Sigmoid cross-entropy for one logit per example, softmax cross-entropy otherwise."""
+    """Sigmoid cross-entropy for one logit per example, softmax cross-entropy otherwise.
+
+    A label outside the model's classes gets a NaN loss, not the silent 0 of its all-zero
+    one-hot target, so that the loop's NaN guard stops a run that would learn nothing.
+    """
+    num_classes = max(logits.shape[-1], 2)
     if logits.shape[-1] == 1:
-        return losses.sigmoid_binary_cross_entropy(logits[:, 0], labels)
-    return losses.softmax_cross_entropy(logits, labels, label_smoothing)
+        loss = losses.sigmoid_binary_cross_entropy(logits[:, 0], labels)
+    else:
+        loss = losses.softmax_cross_entropy(logits, labels, label_smoothing)
+    return jnp.where((labels >= 0) & (labels < num_classes), loss, jnp.nan)
 
 
 def predictions(logits) -> jax.Array:
@@ -96,7 +121,7 @@ def train_step(
     labels = batch["label"]
     weights_B = example_weights(batch)
     dropout_rng, augment_rng = jax.random.split(rng)
-    inputs = model_inputs(batch)
+    inputs = checked_inputs(state, batch)
     if max_shift:
         inputs = random_translate(augment_rng, inputs, max_shift)
 
@@ -127,7 +152,7 @@ def train_step(
 def eval_step(state: TrainState, batch: dict, *, axis_name: str | None = None) -> dict:
     """Summed loss and accuracy over the real (unmasked) examples of the batch."""
     logits = state.model.apply(
-        state.variables, model_inputs(batch), **model_kwargs(batch), train=False
+        state.variables, checked_inputs(state, batch), **model_kwargs(batch), train=False
     )
     metrics = classification_metrics(logits, batch["label"], example_weights(batch))
     if axis_name is not None:

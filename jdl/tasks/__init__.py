@@ -11,6 +11,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import ml_collections
 
+from jdl.config import base_config
 from jdl.data import Dataset
 from jdl.tasks.base import Task
 from jdl.tasks.classification import classification_task
@@ -25,6 +26,27 @@ TASKS: dict[str, TaskFactory] = {
     "language_model": language_model,
     "gan": gan_task,
 }
+
+
+# Top-level config keys a task does not read: a value away from the default is an error
+# naming the key and the task, not a silent no-op. A task not listed is trusted to read all.
+UNREAD_KEYS: dict[str, tuple[str, ...]] = {
+    "classification": (),
+    "regression": ("label_smoothing", "augment_shift"),
+    "language_model": ("label_smoothing", "augment_shift"),
+    "gan": ("augment_shift",),
+}
+
+
+def check_read_keys(config: ml_collections.ConfigDict, name: str) -> None:
+    """A ValueError naming the first key of UNREAD_KEYS[name] set away from its default."""
+    defaults = base_config()
+    for key in UNREAD_KEYS.get(name, ()):
+        if config[key] != defaults[key]:
+            raise ValueError(
+                f"Config {key}={config[key]!r} has no effect on the {name!r} task; "
+                f"remove it (default {defaults[key]!r})"
+            )
 
 
 def task_fields(factory: TaskFactory) -> list[str]:
@@ -49,6 +71,7 @@ def make_task(
     unknown = sorted(set(fields) - set(valid))
     if unknown:
         raise ValueError(f"Unknown field(s) {unknown} for task {name!r}; valid fields: {valid}")
+    check_read_keys(config, name)
     if model is None:
         return TASKS[name](config, dataset, **fields)
     if "model" not in inspect.signature(TASKS[name]).parameters:

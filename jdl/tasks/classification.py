@@ -42,6 +42,11 @@ def classification_task(
     Two classes are one sigmoid logit; more are softmax logits. The config's
     `label_smoothing` and `augment_shift` are bound into the train step.
     """
+    if config.augment_shift and dataset.info.input_key != "image":
+        raise ValueError(
+            f"Config augment_shift={config.augment_shift} translates images, but "
+            f"{dataset.info.name!r} gives {dataset.info.input_key!r} inputs; set it to 0"
+        )
     num_classes = dataset.info.num_classes
     state = initial_train_state(config, dataset, 1 if num_classes == 2 else num_classes, model)
     step = functools.partial(

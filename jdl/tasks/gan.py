@@ -2,26 +2,31 @@
 
 Config: `config.model` is `{"name": "dcgan", "generator": {...}, "discriminator": {...}}`
 (fields of `jdl.models.gan.Generator` / `Discriminator`; the image shape comes from the
-dataset); `config.learning_rate` drives both Adam optimizers; the task fields are the
-keyword arguments of `gan_task`.
+dataset); both networks train with Adam (`config.optimizer` "adam", or "adamw" with
+`weight_decay`) on the config's learning-rate schedule and `grad_clip_norm`, and the
+top-level `label_smoothing` is one-sided on real images; the task fields are the keyword
+arguments of `gan_task`.
 """
 
 import functools
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from jdl import gan_eval
+from jdl.config import total_train_steps
 from jdl.data import Dataset
 from jdl.losses import GAN_LOSSES
 from jdl.models import configure
 from jdl.models.cnn import CNN
 from jdl.models.gan import Discriminator, Generator
+from jdl.optimizers import decay_mask, make_schedule
 from jdl.state import GANState, TrainState, create_gan_state, create_train_state
 from jdl.steps.classification import eval_step, train_step
 from jdl.steps.gan import from_tanh_range, gan_eval_step, gan_train_step, generate
@@ -50,11 +55,41 @@ def build_gan(model_config: Mapping[str, Any], image_shape) -> tuple[Generator, 
     return generator, configure(Discriminator, fields.get("discriminator", {}), "discriminator")
 
 
+def gan_optimizer(config, num_updates: int, beta1: float) -> optax.GradientTransformation:
+    """Adam with `beta1` on the config's schedule over `num_updates`, decoupled
+    `weight_decay` (biases and scales skipped) and `grad_clip_norm` when they are set."""
+    if config.optimizer not in ("adam", "adamw"):
+        raise ValueError(
+            f"Config optimizer={config.optimizer!r} has no effect on the 'gan' task, which "
+            "trains both networks with Adam (task.beta1); use 'adam' or 'adamw'"
+        )
+    schedule = make_schedule(config, num_updates)
+    adam = (
+        optax.adamw(schedule, b1=beta1, weight_decay=config.weight_decay, mask=decay_mask)
+        if config.weight_decay
+        else optax.adam(schedule, b1=beta1)
+    )
+    if not config.grad_clip_norm:
+        return adam
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam)
+
+
+def global_batches(batches: Iterator[dict]) -> Iterator[dict]:
+    """Each batch of this process joined with the same batch of every other process (in
+    process order: the global batch), so that all processes see the same examples."""
+    for batch in batches:
+        yield (
+            multihost_utils.process_allgather(batch, tiled=True)
+            if jax.process_count() > 1
+            else batch
+        )
+
+
 def train_classifier(dataset: Dataset, num_steps: int, seed: int) -> tuple[TrainState, float]:
     """The CNN(32, 64) + Dense(128) feature network, trained with Adam; returns its eval accuracy.
 
-    Each process trains on its own train shard, so in multi-process runs every process
-    has its own (similar) classifier.
+    Every process trains on the same global batches and evaluates on the whole eval split,
+    so a run has one classifier, the same whatever its number of processes.
     """
     model = CNN(dense_size=CLASSIFIER_HIDDEN, num_outputs=dataset.info.num_classes)
     tx = optax.adam(CLASSIFIER_LEARNING_RATE)
@@ -62,17 +97,18 @@ def train_classifier(dataset: Dataset, num_steps: int, seed: int) -> tuple[Train
     step, evaluate = jax.jit(train_step), jax.jit(eval_step)
     rng = jax.random.key(seed)
     for epoch in range(-(-num_steps // dataset.steps_per_epoch)):
-        for batch in itertools.islice(dataset.train_batches(epoch), num_steps - int(state.step)):
+        batches = dataset.train_batches(epoch)
+        for batch in global_batches(itertools.islice(batches, num_steps - int(state.step))):
             state, _ = step(state, batch, rng)
     totals = None
-    for batch in dataset.eval_batches():
+    for batch in global_batches(dataset.eval_batches()):
         totals = merge(totals, evaluate(state, batch))
     return state, summarize(totals)["accuracy"]
 
 
 def eval_images(dataset: Dataset) -> np.ndarray:
-    """This process's eval images (padding dropped)."""
-    parts = [b["image"][b["mask"] > 0] for b in dataset.eval_batches()]
+    """The eval split's images, from every process (padding dropped)."""
+    parts = [b["image"][b["mask"] > 0] for b in global_batches(dataset.eval_batches())]
     return np.concatenate(parts)
 
 
@@ -136,7 +172,6 @@ def gan_task(
     dataset: Dataset,
     *,
     loss: str = "non_saturating",
-    label_smoothing: float = 0.0,
     d_steps: int = 1,
     latent_dim: int = 100,
     beta1: float = 0.5,
@@ -146,14 +181,15 @@ def gan_task(
 ) -> Task:
     """A DCGAN on `dataset`'s images.
 
-    `loss`: "non_saturating" or "hinge"; `label_smoothing`: one-sided, on real images;
-    `d_steps`: discriminator updates per generator update; `beta1`: Adam's beta1 for both
+    `loss`: "non_saturating" or "hinge"; `config.label_smoothing`: one-sided, on real
+    images; `d_steps`: discriminator updates per generator update; `beta1`: Adam's beta1 for both
     networks. `classifier_steps` > 0 trains the FID feature classifier for that many
     steps at the first evaluation (0 turns FID and IS off); `fid_samples` generated
     images are scored (0: as many as the eval split). Sample grids are `grid_rows` square.
     """
     if loss not in GAN_LOSSES:
         raise ValueError(f"Unknown GAN loss {loss!r}; valid losses: {list(GAN_LOSSES)}")
+    label_smoothing = config.label_smoothing
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
     if d_steps < 1:
@@ -162,12 +198,12 @@ def gan_task(
         raise ValueError(f"The gan task needs an image dataset; {dataset.info.name!r} is not")
     image_shape = dataset.info.input_shape
     generator, discriminator = build_gan(config.model, image_shape)
-    make_tx = functools.partial(optax.adam, config.learning_rate, b1=beta1)
+    iterations = total_train_steps(config, dataset.steps_per_epoch)
     state = create_gan_state(
         generator,
         discriminator,
-        make_tx(),
-        make_tx(),
+        gan_optimizer(config, iterations, beta1),
+        gan_optimizer(config, iterations * d_steps, beta1),
         latent_dim,
         image_shape,
         init_rng(config),
