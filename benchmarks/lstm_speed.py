@@ -36,6 +36,7 @@ from benchmarks.train_speed import (
 from jdl.models import build_model
 from jdl.optimizers import make_optimizer
 from jdl.parallel import Strategy
+from jdl.parallel.allocator import keep_freed_memory
 from jdl.state import create_train_state
 from jdl.steps import train_step
 
@@ -195,6 +196,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
+    keep_freed_memory()  # before JAX starts its threads, as the experiments' CLI does
     args = parse_args(argv)
     info = machine()
     data = make_data(args.num_examples, args.seq_len)

@@ -39,6 +39,7 @@ from jdl.data.embedded import digits_splits
 from jdl.data.tfds_data import prepared_builder
 from jdl.models import build_model
 from jdl.parallel import Strategy
+from jdl.parallel.allocator import keep_freed_memory
 from jdl.state import create_train_state
 from jdl.steps import eval_step, summarize, train_step
 
@@ -210,6 +211,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
+    keep_freed_memory()  # before JAX starts its threads, as the experiments' CLI does
     args = parse_args(argv)
     data = load(args.dataset, args.data_dir)
     if len(data[0]) < BATCH * args.steps_per_call:

@@ -35,6 +35,7 @@ import optax
 from jdl.models import build_model
 from jdl.parallel import MODES, Strategy
 from jdl.parallel.allocator import ENV_VAR as KEEP_FREED_MEMORY_ENV_VAR
+from jdl.parallel.allocator import keep_freed_memory
 from jdl.state import create_train_state
 from jdl.steps import train_step
 
@@ -498,6 +499,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
+    keep_freed_memory()  # before JAX starts its threads, as the experiments' CLI does
     args = parse_args(argv)
     info = machine()
     if info["load_avg_1min_at_start"] > 0.5:

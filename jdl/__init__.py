@@ -1,12 +1,26 @@
-"""jdl: pure JAX training steps, compiled for jit, sharded jit or pmap, with a loop around them."""
+"""jdl: pure JAX training steps, compiled for jit, sharded jit or pmap, with a loop around them.
 
-# Before JAX starts its CPU threads: they would otherwise take malloc arenas of their own,
-# which glibc trims, so large XLA buffers are page-faulted in again on every call.
+`import jdl` changes nothing outside jdl and imports JAX only when a name needs it. For the
+faster CPU allocator setting in a notebook, call `jdl.keep_freed_memory()` first.
+"""
+
+from jdl.lazy import lazy_attributes
 from jdl.parallel.allocator import keep_freed_memory
 
-keep_freed_memory()
+_EXPORTS = {
+    "TrainResult": "engine",
+    "evaluate": "engine",
+    "base_config": "config",
+    "train_and_evaluate": "loop",
+    "load_workdir": "workdir",
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
 
-from jdl.config import base_config  # noqa: E402
-from jdl.loop import TrainResult, evaluate, train_and_evaluate  # noqa: E402
-
-__all__ = ["TrainResult", "base_config", "evaluate", "train_and_evaluate"]
+__all__ = [
+    "TrainResult",
+    "base_config",
+    "evaluate",
+    "keep_freed_memory",
+    "load_workdir",
+    "train_and_evaluate",
+]

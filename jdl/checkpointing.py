@@ -29,15 +29,6 @@ logger = logging.getLogger(__name__)
 State = TypeVar("State")  # a flax struct dataclass of arrays and static fields
 
 
-class _QuietUnrankedSaves(logging.Filter):
-    """Drops orbax's warning for saves without metrics: periodic saves between evals are fine."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
-
-
-logging.getLogger("absl").addFilter(_QuietUnrankedSaves())
-
 MAX_LISTED = 5  # leaves named per kind of mismatch in an error message
 
 

@@ -4,8 +4,6 @@ from collections.abc import Mapping
 
 import ml_collections
 
-from jdl.parallel import MODES
-
 
 def base_config() -> ml_collections.ConfigDict:
     """Every key the loop reads, with its default. Experiments override values, never add keys."""
@@ -68,6 +66,8 @@ def validate_config(config: Mapping) -> ml_collections.ConfigDict:
         raise ValueError(f"Unknown config key(s) {unknown}; valid keys: {sorted(merged)}")
     for key, value in dict(config).items():  # assignment: a given sub-config replaces the default
         merged[key] = value
+    from jdl.parallel import MODES  # here, so that configs load without JAX
+
     if merged.parallel not in MODES:
         raise ValueError(f"Unknown compile mode parallel={merged.parallel!r}; valid: {list(MODES)}")
     for key in ("batch_size", "eval_batch_size", "steps_per_call", "log_every"):

@@ -3,10 +3,7 @@
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 NOT_PLOTTED = ("examples_per_sec",)  # speed is a property of the machine, not of the model
 SPLITS = ("train", "eval")
@@ -29,7 +26,9 @@ def plot_curves(records: list[dict], path: str | Path, title: str = "") -> Path:
     names = metric_names(records) or ["loss"]
     columns = min(len(names), MAX_COLUMNS)
     rows = math.ceil(len(names) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4 * rows), squeeze=False)
+    # A Figure of its own, not pyplot's: no backend switch and no global figure state.
+    fig = Figure(figsize=(5 * columns, 4 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
         for split in SPLITS:
             key = f"{split}/{name}"
@@ -47,5 +46,4 @@ def plot_curves(records: list[dict], path: str | Path, title: str = "") -> Path:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)

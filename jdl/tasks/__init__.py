@@ -8,6 +8,7 @@ and an optional hook that runs after every evaluation (sample grids, generated t
 import inspect
 from collections.abc import Callable
 
+import flax.linen as nn
 import ml_collections
 
 from jdl.data import Dataset
@@ -16,7 +17,7 @@ from jdl.tasks.classification import classification_task
 from jdl.tasks.gan import gan_task
 from jdl.tasks.sequence import language_model, regression
 
-TaskFactory = Callable[..., Task]  # (config, dataset, **task fields) -> Task
+TaskFactory = Callable[..., Task]  # (config, dataset, [model], **task fields) -> Task
 
 TASKS: dict[str, TaskFactory] = {
     "classification": classification_task,
@@ -32,8 +33,14 @@ def task_fields(factory: TaskFactory) -> list[str]:
     return sorted(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
-def make_task(config: ml_collections.ConfigDict, dataset: Dataset) -> Task:
-    """The task `config.task` names, built for `dataset`; unknown names or fields raise."""
+def make_task(
+    config: ml_collections.ConfigDict, dataset: Dataset, model: nn.Module | None = None
+) -> Task:
+    """The task `config.task` names, built for `dataset`; unknown names or fields raise.
+
+    `model`, a linen module instance, replaces `config.model` in tasks that train one
+    network (their factory takes a `model` argument).
+    """
     fields = dict(config.task)
     name = fields.pop("name")
     if name not in TASKS:
@@ -42,7 +49,14 @@ def make_task(config: ml_collections.ConfigDict, dataset: Dataset) -> Task:
     unknown = sorted(set(fields) - set(valid))
     if unknown:
         raise ValueError(f"Unknown field(s) {unknown} for task {name!r}; valid fields: {valid}")
-    return TASKS[name](config, dataset, **fields)
+    if model is None:
+        return TASKS[name](config, dataset, **fields)
+    if "model" not in inspect.signature(TASKS[name]).parameters:
+        raise ValueError(
+            f"Task {name!r} builds its networks from config.model and takes no model=; "
+            "model= replaces the network of a one-network task such as 'classification'"
+        )
+    return TASKS[name](config, dataset, model, **fields)
 
 
 __all__ = ["TASKS", "Task", "make_task", "task_fields"]

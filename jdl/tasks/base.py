@@ -14,10 +14,11 @@ class Task:
     attribute; every pytree field is checkpointed. `train_step(state, batch, rng, *,
     axis_name=None) -> (state, metric sums)` and `eval_step(state, batch, *, axis_name=None)
     -> metric sums` are pure. `after_eval(state, epoch, workdir) -> {name: value}` runs after
-    every evaluation on every process and adds eval metrics; it may write files on process 0.
+    every evaluation on every process and adds eval metrics; it may write files on process 0
+    (`workdir` None: a run that writes no files).
     """
 
     state: Any
     train_step: Callable
     eval_step: Callable
-    after_eval: Callable[[Any, int, Path], dict[str, float]] | None = None
+    after_eval: Callable[[Any, int, Path | None], dict[str, float]] | None = None

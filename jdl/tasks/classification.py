@@ -2,12 +2,13 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import ml_collections
 
 from jdl.config import total_train_steps
 from jdl.data import Dataset
-from jdl.models import build_model
+from jdl.models import build_model, for_task
 from jdl.optimizers import make_optimizer
 from jdl.state import TrainState, create_train_state
 from jdl.steps import eval_step, train_step
@@ -19,22 +20,30 @@ def init_rng(config: ml_collections.ConfigDict) -> jax.Array:
     return jax.random.fold_in(jax.random.key(config.seed), 0)
 
 
-def initial_train_state(config, dataset: Dataset, num_outputs: int) -> TrainState:
-    """`config.model` with `num_outputs` outputs, initialised for the dataset's input shape,
-    and the config's optimizer scheduled over the whole run."""
-    model = build_model(config.model, num_outputs)
+def initial_train_state(
+    config, dataset: Dataset, num_outputs: int, model: nn.Module | None = None
+) -> TrainState:
+    """`model` (default: the one `config.model` names) with `num_outputs` outputs,
+    initialised for the dataset's input shape, and the config's optimizer scheduled over
+    the whole run."""
+    if model is None:
+        model = build_model(config.model, num_outputs)
+    else:
+        model = for_task(model, num_outputs)
     tx = make_optimizer(config, total_train_steps(config, dataset.steps_per_epoch))
     return create_train_state(model, tx, dataset.info.input_shape, init_rng(config))
 
 
-def classification_task(config: ml_collections.ConfigDict, dataset: Dataset) -> Task:
+def classification_task(
+    config: ml_collections.ConfigDict, dataset: Dataset, model: nn.Module | None = None
+) -> Task:
     """The model sized to the data's classes, the optimizer scheduled over the whole run.
 
     Two classes are one sigmoid logit; more are softmax logits. The config's
     `label_smoothing` and `augment_shift` are bound into the train step.
     """
     num_classes = dataset.info.num_classes
-    state = initial_train_state(config, dataset, 1 if num_classes == 2 else num_classes)
+    state = initial_train_state(config, dataset, 1 if num_classes == 2 else num_classes, model)
     step = functools.partial(
         train_step, label_smoothing=config.label_smoothing, max_shift=config.augment_shift
     )

@@ -100,9 +100,9 @@ class GANEvaluation:
     def samples(self, generator: TrainState, z: jax.Array) -> np.ndarray:
         return np.asarray(jax.device_get(self._sample(generator, z)))
 
-    def __call__(self, state: GANState, epoch: int, workdir: Path) -> dict[str, float]:
+    def __call__(self, state: GANState, epoch: int, workdir: Path | None) -> dict[str, float]:
         generator = jax.device_get(state.generator)
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and workdir is not None:  # None: a run that writes nothing
             self.write_images(generator, epoch, Path(workdir))
         if self.make_quality is None:
             return {}

@@ -5,6 +5,7 @@ which prints and saves sampled text after every evaluation. Sequence classificat
 import functools
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,10 +17,16 @@ from jdl.tasks.base import Task
 from jdl.tasks.classification import initial_train_state
 
 
-def regression(config: ml_collections.ConfigDict, dataset: Dataset, *, num_outputs: int = 1):
+def regression(
+    config: ml_collections.ConfigDict,
+    dataset: Dataset,
+    model: nn.Module | None = None,
+    *,
+    num_outputs: int = 1,
+):
     """Mean-squared-error regression of a float `target` with `num_outputs` values."""
     return Task(
-        state=initial_train_state(config, dataset, num_outputs),
+        state=initial_train_state(config, dataset, num_outputs, model),
         train_step=sequence.regression_train_step,
         eval_step=sequence.regression_eval_step,
     )
@@ -28,6 +35,7 @@ def regression(config: ml_collections.ConfigDict, dataset: Dataset, *, num_outpu
 def language_model(
     config: ml_collections.ConfigDict,
     dataset: Dataset,
+    model: nn.Module | None = None,
     *,
     sample_tokens: int = 0,
     prompt: str = "\n",
@@ -42,7 +50,7 @@ def language_model(
     generates that many tokens after `prompt` (key: the seed and the epoch), prints the text
     and writes it to workdir/samples/epoch_<N>.txt.
     """
-    state = initial_train_state(config, dataset, dataset.info.num_classes)
+    state = initial_train_state(config, dataset, dataset.info.num_classes, model)
     after_eval = None
     if sample_tokens > 0:
         vocabulary = getattr(dataset, "vocabulary", None)
@@ -79,15 +87,16 @@ def language_model(
 
 
 def _write_sample(
-    state, epoch: int, workdir: Path, *, generate, prompt_ids, prompt, decode, key
+    state, epoch: int, workdir: Path | None, *, generate, prompt_ids, prompt, decode, key
 ) -> dict:
     """Generates text from `prompt`, prints it and saves it (process 0); adds no metric."""
     variables = jax.device_get(state.variables)
     tokens = np.asarray(generate(variables, prompt_ids, jax.random.fold_in(key, epoch)))[0]
     text = prompt + decode(tokens)
     if jax.process_index() == 0:
-        folder = Path(workdir) / "samples"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"epoch_{epoch}.txt").write_text(text)
+        if workdir is not None:  # None: a run that writes nothing
+            folder = Path(workdir) / "samples"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"epoch_{epoch}.txt").write_text(text)
         print(f"--- sample after epoch {epoch} ---\n{text}\n---")
     return {}
