@@ -22,6 +22,7 @@ from flax import struct
 
 from jdl.checkpointing import Checkpointer, CheckpointMismatchError
 from jdl.keras.adapters import class_path
+from jdl.workdir import is_workdir, load_workdir
 
 SPEC_FILE = "model.json"
 FORMAT = "jdl.Model/1"
@@ -92,9 +93,7 @@ def rebuild_module(spec: dict) -> Any:
     """The module `spec` describes; a ValueError saying to pass `module=` when it cannot."""
     class_name = spec["class"]
     described = spec["module"]
-    ask = (
-        f"pass the module to rebuild it: jdl.load(path, module={class_name.split(':')[-1]}(...))"
-    )
+    ask = f"pass the module to rebuild it: jdl.load(path, module={class_name.split(':')[-1]}(...))"
     if described is None:
         raise ValueError(f"The saved {class_name} cannot be rebuilt from data alone; {ask}")
     module_name, _, qualname = class_name.partition(":")
@@ -108,16 +107,19 @@ def rebuild_module(spec: dict) -> Any:
     return cls(**fields)
 
 
-def load(path: str | Path, module: Any = None):
+def load(path: str | Path, module: Any = None, which: str = "best"):
     """The `jdl.Model` saved in `path` by `Model.save`, compiled as it was when the
     optimizer and loss had names; `module` replaces the saved description.
 
-    A module that does not fit the saved weights raises CheckpointMismatchError naming the
-    differing parameters.
+    An experiment workdir (one with config.json) is read by `jdl.load_workdir(path, which,
+    model=module)` instead. A module that does not fit the saved weights raises
+    CheckpointMismatchError naming the differing parameters.
     """
     from jdl.keras.model import Model
 
     path = Path(path)
+    if is_workdir(path):
+        return load_workdir(path, which, model=module)
     spec = read_spec(path)
     module = rebuild_module(spec) if module is None else module
     model = Model(module, input_shape=spec["input_shape"], seed=spec["seed"])
@@ -128,9 +130,7 @@ def load(path: str | Path, module: Any = None):
     state = model.state
     template = Weights(state.step, state.params, state.batch_stats)
     weights = _restore(path / "weights", template, spec["class"], type(module).__name__)
-    state = state.replace(
-        step=weights.step, params=weights.params, batch_stats=weights.batch_stats
-    )
+    state = state.replace(step=weights.step, params=weights.params, batch_stats=weights.batch_stats)
     if named:
         optimizer = _restore(path / "optimizer", OptimizerState(state.opt_state), "", "")
         state = state.replace(opt_state=optimizer.opt_state)
