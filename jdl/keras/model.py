@@ -6,8 +6,10 @@ one training engine (`jdl.engine.train`). Everything a user can get wrong is che
 the first step, and nothing is written unless `workdir` or a callback asks for it.
 """
 
+import contextlib
 import dataclasses
 import functools
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -184,10 +186,11 @@ class Model:
         compiled = self._require_compiled("fit")
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1; got {epochs}")
-        compiled.strategy.check_batch_size(batch_size)
         dataset = self._training_data(
             x, y, batch_size, validation_split, validation_data, shuffle, data_dir
         )
+        compiled.strategy.check_batch_size(dataset.batch_size)
+        compiled.strategy.check_batch_size(dataset.eval_batch_size)
         if compiled.strategy.mode == "pmap":
             self.adapter.check_pmap({"batch_stats": self.state.batch_stats})
         step, steps_per_epoch = int(self.state.step), dataset.steps_per_epoch
@@ -212,10 +215,13 @@ class Model:
             _hook(callback, "on_train_begin", {})
         self.stop_training = False
         bridge = EngineCallbacks(self, keras_callbacks, step // steps_per_epoch + 1)
+        # verbose=0 prints nothing, as in Keras: the engine's lines go to stdout.
+        quiet = contextlib.redirect_stdout(io.StringIO()) if verbose == 0 else None
         try:
-            result = engine.train(
-                task, dataset, compiled.strategy, settings, workdir, callbacks=[bridge]
-            )
+            with quiet or contextlib.nullcontext():
+                result = engine.train(
+                    task, dataset, compiled.strategy, settings, workdir, callbacks=[bridge]
+                )
         finally:
             self._live_state = None
         self.state = result.state

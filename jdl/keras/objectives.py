@@ -36,9 +36,7 @@ def categorical_crossentropy(outputs_BxC, targets_BxC):
 
 def binary_crossentropy(outputs_Bx1, labels_B):
     """Sigmoid cross-entropy of one logit per example against 0/1 labels."""
-    return losses.sigmoid_binary_cross_entropy(
-        _binary_logits(outputs_Bx1), labels_B.reshape(-1)
-    )
+    return losses.sigmoid_binary_cross_entropy(_binary_logits(outputs_Bx1), labels_B.reshape(-1))
 
 
 def mse(outputs, targets):
