@@ -138,14 +138,15 @@ def train(
 
     With a workdir: checkpoints (latest and best), metrics.jsonl, TensorBoard events and
     curves.png; SIGTERM / SIGINT or the time budget save and raise `PreemptedError`. Without
-    one nothing is written, and the time budget simply ends training early.
+    one nothing is written, and the time budget simply ends training early. `callbacks` are
+    objects with any of the `Callback` methods, called in order.
     """
     workdir = None if workdir is None else writable_workdir(workdir)
     plan = Plan(settings, dataset.steps_per_epoch)
     checkpointer = open_checkpointer(workdir, settings)
     reporter = None
     try:
-        state = restore(task.state, checkpointer, settings, plan)
+        state = restore(task.state, workdir, checkpointer, settings, plan)
         title = f"{settings.label} on {dataset.info.name}"
         reporter = Reporter(workdir, settings, plan.total_steps, int(state.step), title)
         say(
@@ -198,12 +199,14 @@ def open_checkpointer(workdir: Path | None, settings: Settings) -> Checkpointer 
     )
 
 
-def restore(state, checkpointer: Checkpointer | None, settings: Settings, plan: "Plan"):
+def restore(
+    state, workdir: Path | None, checkpointer: Checkpointer | None, settings: Settings, plan: "Plan"
+):
     """The latest checkpoint restored into `state`'s structure, or `state` if there is none
     (or `settings.resume` is False). Says where it resumed, and when training had finished."""
     if checkpointer is None or not settings.resume or checkpointer.latest_step() is None:
         return state
-    directory = checkpointer.directory
+    directory = workdir / "checkpoints"
     try:
         state, _ = checkpointer.restore(state)
     except CheckpointMismatchError as mismatch:
@@ -443,7 +446,8 @@ class _Run:
         if progress.interrupted and self.checkpointer is not None:
             raise PreemptedError(
                 f"Preempted at step {progress.step} ({progress.interrupted}); checkpoint saved "
-                f"in {self.checkpointer.directory}. Run the same command again to continue."
+                f"in {self.reporter.workdir / 'checkpoints'}. Run the same command again to "
+                "continue."
             )
         if not progress.eval_metrics:  # nothing left to train (a finished workdir): still report
             progress.eval_metrics = self.evaluate(state, self.plan.num_epochs)

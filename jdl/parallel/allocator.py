@@ -9,8 +9,10 @@ settings make glibc serve large blocks from one shared heap and keep freed memor
 instead (with per-thread arenas, a call now and then still landed on fresh pages when its
 scratch came from another XLA thread's arena). They are process-wide (every library in the
 process gets them) and cost resident memory: freed blocks, up to `TRIM_THRESHOLD` at the
-top of the heap, stay mapped. `import jdl` applies them, before JAX's threads allocate:
-an arena a thread has already made stays.
+top of the heap, stay mapped. So `import jdl` does not apply them: the experiments' command
+line and the benchmark scripts call `keep_freed_memory()` first, and a notebook calls
+`jdl.keep_freed_memory()` before anything runs on JAX (importing JAX starts no thread; its
+CPU backend does, and an arena a thread has already made stays).
 Set `JDL_KEEP_FREED_MEMORY=0` to leave the allocator alone.
 """
 
