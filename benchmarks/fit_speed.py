@@ -27,6 +27,7 @@ from jdl.parallel.allocator import keep_freed_memory
 
 
 def random_mnist(num_examples: int, seed: int = 0) -> tuple:
+    """Random images and labels of MNIST's shapes."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -41,9 +42,11 @@ class EpochClock:
         self.times: list[float] = []
 
     def set_model(self, model) -> None:
+        """Keras's callback protocol; the model is not needed."""
         del model
 
     def on_epoch_end(self, epoch, logs=None) -> None:
+        """Records the time."""
         self.times.append(time.perf_counter())
 
     def examples_per_s(self, num_examples: int) -> float:
@@ -104,6 +107,7 @@ ROWS = {
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Measures every row and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=6400, help="train examples per epoch")
     parser.add_argument("--epochs", type=int, default=4, help="per call; the first is not timed")

@@ -46,6 +46,7 @@ class LinenAdapter:
         return {"train": train} if self.has_train_flag else {}
 
     def init(self, rng: jax.Array, input_shape: Sequence[int]) -> Variables:
+        """Parameters and batch statistics for one example of `input_shape`."""
         x = jnp.zeros((1, *input_shape), jnp.float32)
         variables = self.module.init(
             {"params": rng, "dropout": rng}, x, **self._train_kwargs(False)
@@ -121,6 +122,7 @@ class NNXAdapter:
         return jax.tree.map(jnp.asarray, self.variables)
 
     def apply(self, variables: Variables, x, *, train: bool, rng=None, axis_name=None):
+        """(outputs, new batch statistics) of a fresh merge of the graph with `variables`."""
         model = nnx.merge(self.graphdef, *self.templates, self.rest, copy=True)
         nnx.update(model, variables["params"])
         if variables["batch_stats"]:

@@ -39,6 +39,7 @@ class Callback:
     model: Any = None
 
     def set_model(self, model) -> None:
+        """Called first by `fit` with the model being trained."""
         self.model = model
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -59,6 +60,7 @@ class History(Callback):
         self.epoch: list[int] = []
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Appends this epoch's logs."""
         self.epoch.append(epoch)
         for name, value in (logs or {}).items():
             self.history.setdefault(name, []).append(value)
@@ -106,10 +108,12 @@ class EarlyStopping(_Monitor):
         self.patience, self.restore_best_weights = patience, restore_best_weights
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        """Starts counting afresh for this fit."""
         self.best = math.inf if self.lower else -math.inf
         self.wait, self.best_weights, self.stopped_epoch = 0, None, None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> bool:
+        """Counts epochs without improvement; True stops."""
         if self.improved(logs or {}):
             self.wait = 0
             if self.restore_best_weights:
@@ -122,6 +126,7 @@ class EarlyStopping(_Monitor):
         return False
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        """Puts back the best weights when it stopped training early."""
         stopped = self.stopped_epoch is not None
         if stopped and self.restore_best_weights and self.best_weights is not None:
             self.model.set_weights(self.best_weights)
@@ -143,6 +148,7 @@ class ModelCheckpoint(_Monitor):
         self.filepath, self.save_best_only = Path(filepath), save_best_only
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Saves when `monitor` improved (or always without save_best_only)."""
         if self.improved(logs or {}) or not self.save_best_only:
             self.model.save(self.filepath)
 
@@ -158,6 +164,7 @@ class EngineCallbacks:
         self.model, self.callbacks, self.first_epoch = model, list(callbacks), first_epoch
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float], state) -> bool:
+        """Shows the model the live state; True when a callback asks to stop."""
         self.model.show_live_state(state)
         keras = keras_logs(logs)
         answers = [cb.on_epoch_end(epoch - self.first_epoch, keras) for cb in self.callbacks]

@@ -118,4 +118,5 @@ class EvalSplit:
         self.arrays, self.batch_size = {input_key(x): x, "label": y}, batch_size
 
     def eval_batches(self):
+        """Every example once, in padded batches with a `mask`."""
         return padded_batches(self.arrays, self.batch_size)

@@ -56,14 +56,17 @@ class Compiled:
 
     @functools.cached_property
     def train_step(self) -> Callable:
+        """The pure train step with this loss and these metrics bound."""
         return functools.partial(steps.train_step, loss=self.loss, metrics=self.metrics)
 
     @functools.cached_property
     def eval_step(self) -> Callable:
+        """The pure eval step with this loss and these metrics bound."""
         return functools.partial(steps.eval_step, loss=self.loss, metrics=self.metrics)
 
     @functools.cached_property
     def eval_fn(self) -> Callable:
+        """The eval step compiled for the strategy (once per compile)."""
         return self.strategy.compile_eval(self.eval_step)
 
 

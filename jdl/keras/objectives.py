@@ -62,6 +62,7 @@ def accuracy_for(loss_name: str | None) -> PerExample:
     """Keras picks the accuracy that fits the loss: binary, categorical or sparse."""
 
     def accuracy(outputs, labels):
+        """1 where the predicted class is the label's."""
         if loss_name == "binary_crossentropy" or outputs.shape[-1] == 1:
             predicted = (_binary_logits(outputs) > 0).astype(jnp.int32)
             return (predicted == labels.reshape(-1).astype(jnp.int32)).astype(jnp.float32)

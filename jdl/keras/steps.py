@@ -44,6 +44,7 @@ def train_step(
     labels, weights_B = batch["label"], example_weights(batch)
 
     def loss_fn(params):
+        """Weighted mean loss of the batch and, as auxiliaries, outputs and batch statistics."""
         variables = {"params": params, "batch_stats": state.batch_stats}
         outputs, batch_stats = state.model.apply(
             variables, model_inputs(batch), train=True, rng=rng, axis_name=axis_name
