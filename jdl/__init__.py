@@ -13,14 +13,18 @@ _EXPORTS = {
     "base_config": "config",
     "train_and_evaluate": "loop",
     "load_workdir": "workdir",
+    "Model": "keras",
+    "load": "keras",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
 
 __all__ = [
+    "Model",
     "TrainResult",
     "base_config",
     "evaluate",
     "keep_freed_memory",
+    "load",
     "load_workdir",
     "train_and_evaluate",
 ]

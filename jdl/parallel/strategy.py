@@ -142,6 +142,29 @@ class Strategy:
             )
         return jax.jit(eval_step)
 
+    def compile_predict(self, predict_step: Callable) -> Callable:
+        """(state, batch) -> per-example outputs of the whole batch, as host NumPy arrays.
+
+        Under `pmap` each device predicts its slice and the slices are joined in order, so
+        all modes return the same rows in the same order.
+        """
+        if self.mode == "pmap":
+            pmapped = jax.pmap(
+                predict_step, axis_name=PMAP_AXIS, in_axes=(None, 0), devices=self.local_devices
+            )
+            join = functools.partial(jax.tree.map, lambda y: y.reshape(-1, *y.shape[2:]))
+            return lambda state, batch: join(jax.device_get(pmapped(state, batch)))
+        if self.mode == "sharded":
+            batch_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
+            compiled = jax.jit(
+                predict_step,
+                in_shardings=(self.replicated, batch_sharding),
+                out_shardings=batch_sharding,
+            )
+        else:
+            compiled = jax.jit(predict_step)
+        return lambda state, batch: jax.device_get(compiled(state, batch))
+
     def _compile(self, fn: Callable, batch_spec: P, data_replicated: bool = False) -> Callable:
         if self.mode == "pmap":
             # pmap sizes its axis from a mapped argument, and replicated resident data maps
