@@ -57,3 +57,41 @@ def gan_generator_loss(fake_logits_B: jax.Array, kind: str) -> jax.Array:
     if kind == "hinge":
         return -fake_logits_B
     return sigmoid_binary_cross_entropy(fake_logits_B, jnp.ones_like(fake_logits_B))
+
+
+def check_distillation_settings(temperature: float, alpha: float) -> None:
+    """Raises a ValueError unless temperature > 0 and 0 <= alpha <= 1."""
+    if not temperature > 0:
+        raise ValueError(f"Distillation temperature must be > 0, got {temperature}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"Distillation alpha must lie in [0, 1], got {alpha}")
+
+
+def distillation_loss(
+    student_logits_BxC: jax.Array,
+    teacher_logits_BxC: jax.Array,
+    labels_B: jax.Array,
+    *,
+    temperature: float,
+    alpha: float,
+) -> jax.Array:
+    """Per-example alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+    + (1 - alpha) * cross-entropy on the labels (Hinton et al., 2015).
+
+    T^2 keeps the soft term's gradient on the scale of the hard one's as T grows. The
+    teacher's logits carry no gradient.
+    """
+    check_distillation_settings(temperature, alpha)
+    if student_logits_BxC.shape != teacher_logits_BxC.shape:
+        raise ValueError(
+            f"Teacher logits {teacher_logits_BxC.shape} differ from the student's "
+            f"{student_logits_BxC.shape}: both nets need the same number of outputs"
+        )
+    teacher_BxC = jax.lax.stop_gradient(teacher_logits_BxC) / temperature
+    student_log_probs_BxC = jax.nn.log_softmax(student_logits_BxC / temperature)
+    teacher_log_probs_BxC = jax.nn.log_softmax(teacher_BxC)
+    kl_B = jnp.sum(
+        jnp.exp(teacher_log_probs_BxC) * (teacher_log_probs_BxC - student_log_probs_BxC), axis=-1
+    )
+    hard_B = softmax_cross_entropy(student_logits_BxC, labels_B)
+    return alpha * temperature**2 * kl_B + (1 - alpha) * hard_B

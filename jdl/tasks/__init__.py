@@ -15,7 +15,9 @@ from jdl.config import base_config
 from jdl.data import Dataset
 from jdl.tasks.base import Task
 from jdl.tasks.classification import classification_task
+from jdl.tasks.distillation import distillation_task
 from jdl.tasks.gan import gan_task
+from jdl.tasks.quantization import quantization_aware_task
 from jdl.tasks.sequence import language_model, regression
 
 TaskFactory = Callable[..., Task]  # (config, dataset, [model], **task fields) -> Task
@@ -25,6 +27,8 @@ TASKS: dict[str, TaskFactory] = {
     "regression": regression,
     "language_model": language_model,
     "gan": gan_task,
+    "distillation": distillation_task,  # a student of a finished run (task.teacher_workdir)
+    "quantization_aware": quantization_aware_task,  # classification, int8 forward (qwix)
 }
 
 
