@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from jdl.metrics import lower_is_better
+from jdl.metrics import metric_mode
 
 
 def keras_logs(engine_logs: dict[str, float]) -> dict[str, float]:
@@ -67,13 +67,15 @@ class History(Callback):
 
 
 class _Monitor(Callback):
-    """Tracks the best value of one metric; `mode` 'auto' reads the direction from its name."""
+    """Tracks the best value of one metric; `mode` 'auto' looks the direction up in
+    `jdl.metrics.METRIC_MODES` (without a `val_` prefix) and asks for a mode when it is not
+    listed."""
 
     def __init__(self, monitor: str, mode: str, min_delta: float = 0.0):
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}")
         self.monitor, self.min_delta = monitor, abs(min_delta)
-        self.lower = lower_is_better(monitor) if mode == "auto" else mode == "min"
+        self.lower = metric_mode(monitor.removeprefix("val_"), mode) == "min"
         self.best = math.inf if self.lower else -math.inf
 
     def improved(self, logs: dict) -> bool:

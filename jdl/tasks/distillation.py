@@ -12,7 +12,7 @@ import ml_collections
 from jdl.checkpointing import CheckpointError
 from jdl.data import Dataset
 from jdl.losses import check_distillation_settings
-from jdl.metrics import lower_is_better
+from jdl.metrics import metric_mode
 from jdl.models import build_model
 from jdl.steps import eval_step
 from jdl.steps.distillation import distillation_train_step
@@ -40,7 +40,7 @@ def load_teacher(
             Path(teacher_workdir) / "checkpoints",
             dict(template),
             best_metric=config.best_metric,
-            best_mode="min" if lower_is_better(config.best_metric) else "max",
+            best_mode=metric_mode(config.best_metric, config.best_mode),
         )
     except CheckpointError as error:
         raise CheckpointError(
