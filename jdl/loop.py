@@ -321,6 +321,7 @@ def train_and_evaluate(
                         break
                     call_start = time.perf_counter()
                 if early_stop or interrupted:
+                    calls.close()  # stops prefetching now, not when the generator is collected
                     break
         if interrupted:
             raise PreemptedError(
