@@ -483,6 +483,7 @@ class _Run:
                 window.add(metrics)
                 self.after_call(state, epoch, progress, window, done)
                 if should_stop(progress.early_stop, progress.interrupted):
+                    calls.close()  # stops prefetching now, not when the generator is collected
                     return state
                 call_start = time.perf_counter()
         return state

@@ -1,9 +1,12 @@
 """prefetch: a background producer, in order, bounded, with errors passed on."""
 
+import subprocess
+import sys
 import threading
 
 import pytest
 
+from jdl.parallel import prefetch as prefetch_module
 from jdl.parallel.prefetch import prefetch
 
 
@@ -43,3 +46,25 @@ def test_stopping_early_ends_the_producer():
     next(stream)
     stream.close()
     assert threading.active_count() == before
+
+
+# A stream left open (as a traceback keeps a preempted run's) and collected at exit, with its
+# producer blocked on the full buffer. prefetch.py is loaded alone so the child starts at once.
+OPEN_AT_EXIT = """
+import gc, importlib.util, sys
+spec = importlib.util.spec_from_file_location("prefetch", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+gc.disable()  # the cycle below is collected only at interpreter exit
+stream = module.prefetch(iter(range(1000)), size=2)
+next(stream)
+cycle = [stream, None]
+cycle[1] = cycle
+del stream, cycle
+"""
+
+
+def test_a_stream_still_open_at_interpreter_exit_does_not_hang_it():
+    """Python 3.13 parks daemon threads at exit; a preempted run hung waiting for one."""
+    command = [sys.executable, "-c", OPEN_AT_EXIT, prefetch_module.__file__]
+    assert subprocess.run(command, timeout=30, capture_output=True).returncode == 0

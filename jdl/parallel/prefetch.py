@@ -1,6 +1,7 @@
 """Running a producer (host batching and host-to-device copies) ahead of the consumer."""
 
 import queue
+import sys
 import threading
 from collections.abc import Iterator
 from typing import TypeVar
@@ -14,6 +15,8 @@ def prefetch(items: Iterator[T], size: int = 2) -> Iterator[T]:
 
     With items that are device batches, the next batches are read and copied to the
     devices while the current step computes. Errors in the producer are re-raised here.
+    Closing the stream stops the producer; one still open at interpreter exit is left to
+    die with the process.
     """
     buffer: queue.Queue = queue.Queue(maxsize=size)
     stop = threading.Event()
@@ -37,7 +40,10 @@ def prefetch(items: Iterator[T], size: int = 2) -> Iterator[T]:
             yield item
     finally:
         stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full buffer
+        # At exit (a stream kept alive by a traceback is collected then) daemon threads no
+        # longer run: Python 3.13 parks them for good, so waiting for this one would hang.
+        while thread.is_alive() and not sys.is_finalizing():
+            # Unblock a producer waiting on a full buffer.
             try:
                 buffer.get_nowait()
             except queue.Empty:
