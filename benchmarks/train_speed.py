@@ -4,10 +4,11 @@
     python -m benchmarks.train_speed --models cnn --skip-keras --out /tmp/cnn.json
 
 Every row trains the same network (the documents' MLP 784-256-10 or CNN
-Conv32-pool-Conv64-pool-Dense10) with Adam 1e-3 on batches of 128 random images, and is
-timed by one helper, `measure`: the first call alone (compilation included), a warm-up,
-then the median examples/s over `--repeats` repeats. PyTorch and Keras are imported
-only for their own rows; the rows of a library that is not installed say it was skipped.
+Conv32-pool-Conv64-pool-Dense10 with Adam 1e-3; or their DCGAN, `benchmarks.dcgan_peers`)
+on batches of 128 random images, and is timed by one helper, `measure`: the first call
+alone (compilation included), a warm-up, then the median examples/s over `--repeats`
+repeats. PyTorch and Keras are imported only for their own rows; the rows of a library
+that is not installed say it was skipped.
 A benchmark script, not a test: it asserts nothing and writes JSON (`--out`).
 """
 
@@ -32,6 +33,7 @@ import jax
 import numpy as np
 import optax
 
+from benchmarks import dcgan_peers
 from jdl.models import build_model
 from jdl.parallel import MODES, Strategy
 from jdl.parallel.allocator import ENV_VAR as KEEP_FREED_MEMORY_ENV_VAR
@@ -43,7 +45,7 @@ BATCH = 128
 LEARNING_RATE = 1e-3
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)  # NHWC; PyTorch gets the same images as NCHW
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "dcgan")
 INSTALL_HINT = 'pip install -e ".[bench]"'
 
 
@@ -175,23 +177,40 @@ JDL_VARIANTS = (
 )
 
 
-def compile_jdl(strategy: Strategy, variant: JdlVariant) -> Callable:
-    """The compiled `train_step` that `variant` names."""
+# The GAN's steps take seconds on a laptop CPU: its single step, K steps and an epoch only.
+DCGAN_VARIANTS = (
+    JdlVariant("jit", "step"),
+    JdlVariant("jit", "scan", 8),
+    JdlVariant("jit", "epoch"),
+)
+EPOCH_EXAMPLES = {"cnn": 8192, "dcgan": 1024}  # resident data of the on-device epoch
+
+
+def compile_jdl(strategy: Strategy, variant: JdlVariant, step: Callable) -> Callable:
+    """The compiled `step` in the form `variant` names."""
     if variant.form == "step":
-        return strategy.compile_train(train_step)
+        return strategy.compile_train(step)
     if variant.form == "epoch":
-        return strategy.compile_train_epoch(train_step, BATCH)
-    return strategy.compile_train_steps(train_step, unroll=variant.form == "unroll")
+        return strategy.compile_train_epoch(step, BATCH)
+    return strategy.compile_train_steps(step, unroll=variant.form == "unroll")
+
+
+def jdl_state_and_step(model_name: str):
+    """jdl's initial state and pure step for `model_name`."""
+    if model_name == "dcgan":
+        return dcgan_peers.jdl_state(IMAGE_SHAPE), dcgan_peers.JDL_STEP
+    model = build_model({"name": model_name}, NUM_CLASSES)
+    tx = optax.adam(LEARNING_RATE)
+    return create_train_state(model, tx, IMAGE_SHAPE, jax.random.key(0)), train_step
 
 
 def jdl_workload(model_name: str, variant: JdlVariant, data: dict, epoch_examples: int):
     """jdl's model and step, compiled by its Strategy; host batches are placed per call."""
     strategy = Strategy(variant.mode)
-    model = build_model({"name": model_name}, NUM_CLASSES)
-    state = create_train_state(model, optax.adam(LEARNING_RATE), IMAGE_SHAPE, jax.random.key(0))
+    state, step = jdl_state_and_step(model_name)
     state = strategy.put_replicated(state)
     rng = strategy.put_replicated(jax.random.key(1))
-    fn = compile_jdl(strategy, variant)
+    fn = compile_jdl(strategy, variant, step)
     if variant.form == "epoch":
         resident = strategy.put_replicated({k: v[:epoch_examples] for k, v in data.items()})
         steps_per_call = epoch_examples // BATCH
@@ -222,14 +241,14 @@ def jdl_workload(model_name: str, variant: JdlVariant, data: dict, epoch_example
 
 
 def jdl_cases(model_name: str, data: dict, args: argparse.Namespace) -> list[Case]:
-    epoch_examples = args.epoch_examples or {"mlp": len(data["label"]), "cnn": 8192}[model_name]
+    epoch_examples = args.epoch_examples or EPOCH_EXAMPLES.get(model_name, len(data["label"]))
     epoch_note = f"{epoch_examples // BATCH} steps per call"
     return [
         (
             Row("jdl", v.name, model_name, note=epoch_note if v.form == "epoch" else ""),
             functools.partial(jdl_workload, model_name, v, data, epoch_examples),
         )
-        for v in JDL_VARIANTS
+        for v in (DCGAN_VARIANTS if model_name == "dcgan" else JDL_VARIANTS)
     ]
 
 
@@ -266,6 +285,8 @@ def torch_model(model_name: str, input_shape=IMAGE_SHAPE):
 
 def torch_workload(model_name: str, data: dict, compiled: bool) -> Workload:
     """A plain eager loop: forward, cross-entropy, zero_grad, backward, Adam step."""
+    if model_name == "dcgan":
+        return Workload(dcgan_peers.torch_run(data["image"], BATCH))
     import torch
 
     torch.manual_seed(0)
@@ -325,9 +346,14 @@ def torch_own_process_workload(model_name: str, data: dict) -> Workload:
 
 
 def torch_cases(model_name: str, data: dict, args: argparse.Namespace) -> list[Case]:
+    variants = (
+        (("eager", False),)
+        if model_name == "dcgan"
+        else (("eager", False), ("torch.compile", True))
+    )
     in_process = [
         (Row("torch", variant, model_name), functools.partial(torch_workload, model_name, data, c))
-        for variant, c in (("eager", False), ("torch.compile", True))
+        for variant, c in variants
     ]
     own_process = Row(
         "torch",
@@ -387,6 +413,8 @@ def keras_workload(model_name: str, data: dict) -> Workload:
 
 
 def keras_cases(model_name: str, data: dict, args: argparse.Namespace) -> list[Case]:
+    if model_name == "dcgan":
+        return []  # a GAN does not train through `fit`
     row = Row("keras", "model.fit, jax backend", model_name)
     return [(row, functools.partial(keras_workload, model_name, data))]
 
@@ -474,7 +502,7 @@ def machine() -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: mlp,cnn")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: mlp,cnn,dcgan")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats; the median counts")
     parser.add_argument("--steps", type=int, default=256, help="training steps per repeat")
     parser.add_argument(
@@ -485,7 +513,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--epoch-examples",
         type=int,
         default=0,
-        help="resident data of the on-device epoch; 0: all for the MLP, 8192 for the CNN",
+        help="resident data of the on-device epoch; 0: all (MLP), 8192 (CNN), 1024 (DCGAN)",
     )
     parser.add_argument("--out", default="benchmarks/results.json", help="JSON results path")
     parser.add_argument("--skip-torch", action="store_true")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jdl.models import ACTIVATIONS, PReLU, build_model
-from jdl.models.cnn import Im2ColConv, activate_and_pool, max_pool_2x2
+from jdl.models.cnn import activate_and_pool, max_pool_2x2
 from jdl.state import count_params
 
 # What each activation name must compute, written independently of the library.
@@ -245,39 +245,6 @@ def test_unknown_names_raise_value_error_listing_valid_names(build, valid_names)
     with pytest.raises(ValueError, match="Unknown") as error:
         build()
     assert valid_names in str(error.value)
-
-
-@pytest.mark.parametrize(
-    ("input_shape", "features", "kernel_size"),
-    [((28, 28, 1), 32, (3, 3)), ((13, 13, 32), 64, (3, 3)), ((9, 7, 3), 5, (2, 4))],
-)
-def test_im2col_conv_equals_flax_conv_in_parameters_outputs_and_gradients(
-    input_shape, features, kernel_size
-):
-    x = jax.random.normal(key(1), (3, *input_shape))
-    ours = Im2ColConv(features, kernel_size)
-    flax_conv = nn.Conv(features, kernel_size, padding="VALID")
-    variables = ours.init(key(0), x)
-    # Same names, shapes and initial values: checkpoints move between the two.
-    jax.tree.map(np.testing.assert_array_equal, variables, flax_conv.init(key(0), x))
-    # A nonzero bias, so that a missing or misplaced bias shows.
-    variables = jax.tree.map(lambda v: v + 0.1, variables)
-    np.testing.assert_allclose(
-        ours.apply(variables, x), flax_conv.apply(variables, x), rtol=1e-5, atol=1e-5
-    )
-
-    def gradients(module):
-        def loss(variables, x):
-            return jnp.sum(jnp.sin(module.apply(variables, x)))
-
-        return jax.grad(loss, argnums=(0, 1))(variables, x)
-
-    for a, b in zip(
-        jax.tree_util.tree_leaves(gradients(ours)),
-        jax.tree_util.tree_leaves(gradients(flax_conv)),
-        strict=True,
-    ):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_cnn_computes_convolutions_as_matmuls_on_cpu_and_natively_when_asked():

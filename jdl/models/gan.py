@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdl.models.conv import conv, conv_transpose
+
 LEAKY_SLOPE = 0.2  # DCGAN's leaky ReLU slope
 BN_MOMENTUM = 0.9  # running statistics follow a short GAN run closely enough to sample from
 KERNEL = (5, 5)
@@ -49,6 +51,7 @@ class Generator(nn.Module):
     image_shape: Sequence[int] = (28, 28, 1)
     widths: Sequence[int] = (256, 128, 64)
     hidden_size: int = 0
+    conv_impl: str = "auto"  # "im2col" (patch matmuls; the default on CPU) or "xla"
     axis_name: str | None = None
 
     @nn.compact
@@ -64,11 +67,20 @@ class Generator(nn.Module):
         x = nn.leaky_relu(_batch_norm(train, self.axis_name)(x), LEAKY_SLOPE)
         x = x.reshape(x.shape[0], height, width, self.widths[0])
         # Stride 1 at the first map, then stride 2 twice: the last layer writes full-size images.
-        x = nn.ConvTranspose(self.widths[1], KERNEL, padding="SAME", use_bias=False)(x)
-        x = nn.leaky_relu(_batch_norm(train, self.axis_name)(x), LEAKY_SLOPE)
-        x = nn.ConvTranspose(self.widths[2], KERNEL, (2, 2), padding="SAME", use_bias=False)(x)
-        x = nn.leaky_relu(_batch_norm(train, self.axis_name)(x), LEAKY_SLOPE)
-        x = nn.ConvTranspose(self.image_shape[2], KERNEL, (2, 2), padding="SAME")(x)
+        layers = ((self.widths[1], 1), (self.widths[2], 2), (self.image_shape[2], 2))
+        for i, (features, stride) in enumerate(layers):
+            last = i == len(layers) - 1
+            x = conv_transpose(
+                self.conv_impl,
+                features,
+                KERNEL,
+                strides=(stride, stride),
+                padding="SAME",
+                use_bias=last,
+                name=f"ConvTranspose_{i}",
+            )(x)
+            if not last:
+                x = nn.leaky_relu(_batch_norm(train, self.axis_name)(x), LEAKY_SLOPE)
         return jnp.tanh(x)
 
 
@@ -77,6 +89,7 @@ class Discriminator(nn.Module):
 
     widths: Sequence[int] = (64, 128, 256)
     batch_norm: bool = False
+    conv_impl: str = "auto"  # "im2col" (patch matmuls; the default on CPU) or "xla"
     axis_name: str | None = None
 
     @nn.compact
@@ -84,7 +97,15 @@ class Discriminator(nn.Module):
         x = x_BxHxWxC
         for i, width in enumerate(self.widths):
             normalize = self.batch_norm and i > 0
-            x = nn.Conv(width, KERNEL, (2, 2), padding="SAME", use_bias=not normalize)(x)
+            x = conv(
+                self.conv_impl,
+                width,
+                KERNEL,
+                strides=(2, 2),
+                padding="SAME",
+                use_bias=not normalize,
+                name=f"Conv_{i}",
+            )(x)
             if normalize:
                 x = _batch_norm(train, self.axis_name)(x)
             x = nn.leaky_relu(x, LEAKY_SLOPE)

@@ -1,0 +1,242 @@
+"""Convolutions as matmuls over image patches (im2col): the fast path on XLA:CPU.
+
+XLA:CPU runs its own convolutions far below matmul speed, strided and transposed ones and
+weight gradients worst, and ~15x slower again inside a loop body (`lax.scan`: K steps or
+an epoch per call); matmuls have neither problem. `PatchConv` and `PatchConvTranspose`
+have the parameters (names, shapes, initial values) and outputs of `nn.Conv` and
+`nn.ConvTranspose`, so checkpoints move between them. `conv` / `conv_transpose` pick them
+on CPU (`conv_impl="auto"`) and flax's layers on GPUs and TPUs, which run native
+convolutions better. Reverse mode only: the patches' gradient is a `custom_vjp`, so
+`jax.jvp` / `jax.jacfwd` through them fail; use `conv_impl="xla"` there.
+"""
+
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.linen.dtypes import promote_dtype
+from flax.linen.linear import PaddingLike, canonicalize_padding
+from jax import lax
+
+CONV_IMPLS = ("auto", "im2col", "xla")
+Pads = list[tuple[int, int]]
+
+
+def use_patches(conv_impl: str) -> bool:
+    """Whether `conv_impl` means patch matmuls here: "im2col", or "auto" on a CPU."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid: {list(CONV_IMPLS)}")
+    return conv_impl == "im2col" or (conv_impl == "auto" and jax.default_backend() == "cpu")
+
+
+# --- patches and their transpose -------------------------------------------------------------
+def _span(out_size: int, stride: int) -> int:
+    """Input extent covered by `out_size` window starts `stride` apart."""
+    return stride * (out_size - 1) + 1
+
+
+def image_patches(x_BxHxWxC: jax.Array, kernel_size: Sequence[int], strides=(1, 1)) -> jax.Array:
+    """Every kh x kw window of a VALID convolution: [B, H', W', kh * kw * C].
+
+    The last axis runs over (row offset, column offset, channel), the order of a flattened
+    [kh, kw, C, F] kernel.
+    """
+    return _patches(x_BxHxWxC, tuple(kernel_size), tuple(strides), x_BxHxWxC.shape[1:3])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _patches(x_BxHxWxC, kernel_size, strides, input_hw):
+    """Strided slices joined along the channels; the gradient is `sum_of_windows`."""
+    (kh, kw), (sh, sw) = kernel_size, strides
+    out_h, out_w = (input_hw[0] - kh) // sh + 1, (input_hw[1] - kw) // sw + 1
+    windows = [
+        x_BxHxWxC[:, i : i + _span(out_h, sh) : sh, j : j + _span(out_w, sw) : sw]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return jnp.concatenate(windows, axis=-1)
+
+
+def sum_of_windows(patches_BxHxWxK, kernel_size, strides, input_hw) -> jax.Array:
+    """The transpose of `image_patches` (col2im): each window added back where it came from.
+
+    One row offset at a time: its kw column windows are spread (interior padding for the
+    stride) and padded along the width, then added; then the kh row sums along the height.
+    Written out because XLA:CPU runs autodiff's own (every padded slice written to memory,
+    then added) about 2.5 ms per documents' CNN step slower.
+    """
+    (kh, kw), (sh, sw), (h, w) = kernel_size, strides, input_hw
+    b, out_h, out_w, k = patches_BxHxWxK.shape
+    windows = patches_BxHxWxK.reshape(b, out_h, out_w, kh, kw, k // (kh * kw))
+
+    def place(x, axis, offset, size, stride):
+        config = [(0, 0, 0)] * x.ndim
+        config[axis] = (offset, size - offset - _span(x.shape[axis], stride), stride - 1)
+        return lax.pad(x, jnp.zeros((), x.dtype), config)
+
+    rows = [sum(place(windows[:, :, :, i, j], 2, j, w, sw) for j in range(kw)) for i in range(kh)]
+    return sum(place(row, 1, i, h, sh) for i, row in enumerate(rows))
+
+
+_patches.defvjp(
+    lambda x, kernel_size, strides, input_hw: (_patches(x, kernel_size, strides, input_hw), None),
+    lambda kernel_size, strides, input_hw, _, g: (
+        sum_of_windows(g, kernel_size, strides, input_hw),
+    ),
+)
+
+
+# --- padding ---------------------------------------------------------------------------------
+def conv_pads(padding: PaddingLike, input_hw, kernel_size, strides) -> Pads:
+    """(before, after) zeros per spatial axis of `nn.Conv(padding=padding)`."""
+    pads = canonicalize_padding(padding, len(kernel_size))
+    if pads in ("SAME", "VALID"):
+        return list(lax.padtype_to_pads(input_hw, kernel_size, strides, pads))
+    if isinstance(pads, str):
+        raise ValueError(f"Patch convolutions support SAME, VALID or explicit padding; got {pads}")
+    return [tuple(p) for p in pads]
+
+
+def transpose_pads(padding: PaddingLike, kernel_size, strides) -> Pads:
+    """(before, after) zeros around the stride-dilated input of `nn.ConvTranspose`.
+
+    Explicit pairs are used as given; SAME and VALID follow `lax.conv_transpose`: SAME
+    makes the output `stride` times the input, VALID makes it `stride * (in - 1) + k`.
+    """
+    pads = canonicalize_padding(padding, len(kernel_size))
+    if not isinstance(pads, str):
+        return [tuple(p) for p in pads]
+    if pads not in ("SAME", "VALID"):
+        raise ValueError(f"Patch convolutions support SAME, VALID or explicit padding; got {pads}")
+    out = []
+    for k, s in zip(kernel_size, strides, strict=True):
+        total = k + s - 2 + (max(k - s, 0) if pads == "VALID" else 0)
+        before = k - 1 if pads == "VALID" or s > k - 1 else -(-total // 2)
+        out.append((before, total - before))
+    return out
+
+
+def _pad(x_BxHxWxC: jax.Array, pads: Pads) -> jax.Array:
+    """Zeros around the spatial axes; a negative amount crops."""
+    config = [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
+    return lax.pad(x_BxHxWxC, jnp.zeros((), x_BxHxWxC.dtype), config)
+
+
+# --- transposed convolution as sub-pixel convolution -----------------------------------------
+def subpixel_taps(k: int, s: int, before: int) -> tuple[int, np.ndarray]:
+    """First input offset and the kernel tap [window, phase] of one axis (k: no tap).
+
+    A stride-s transposed convolution convolves the input dilated by s (s - 1 zeros between
+    values). Output s * m + r sees input m + e through tap s * e - r + before; so each
+    phase r is a stride-1 convolution of the undilated input with its own taps, and all
+    s phases together are one stride-1 convolution with s times the filters.
+    """
+    offsets = [
+        (r + t - before) // s for r in range(s) for t in range(k) if (r + t - before) % s == 0
+    ]
+    first, window = min(offsets), max(offsets) - min(offsets) + 1
+    taps = np.array([[s * (first + a) - r + before for r in range(s)] for a in range(window)])
+    return first, np.where((taps >= 0) & (taps < k), taps, k)
+
+
+def subpixel_kernel(kernel_HxWxCxF: jax.Array, row_taps, col_taps) -> jax.Array:
+    """[kh, kw, C, F] -> [wh * ww * C, sh * sw * F]: the phases' taps, zeros where none."""
+    padded = jnp.pad(kernel_HxWxCxF, ((0, 1), (0, 1), (0, 0), (0, 0)))  # tap k reads zeros
+    taps = padded[row_taps[:, None, :, None], col_taps[None, :, None, :]]  # [wh,ww,sh,sw,C,F]
+    wh, ww, sh, sw, c, f = taps.shape
+    return taps.transpose(0, 1, 4, 2, 3, 5).reshape(wh * ww * c, sh * sw * f)
+
+
+def conv_transpose_as_matmul(x_BxHxWxC, kernel_HxWxCxF, strides, pads: Pads) -> jax.Array:
+    """`lax.conv_transpose` (kernel not flipped) as one patch matmul and a depth-to-space."""
+    b, *input_hw, _ = x_BxHxWxC.shape
+    kernel_hw, features = kernel_HxWxCxF.shape[:2], kernel_HxWxCxF.shape[-1]
+    firsts, taps, out_hw, phases_hw, window_hw = [], [], [], [], []
+    for n, k, s, (lo, hi) in zip(input_hw, kernel_hw, strides, pads, strict=True):
+        first, axis_taps = subpixel_taps(k, s, lo)
+        size = s * (n - 1) + 1 + lo + hi - k + 1
+        firsts.append(first)
+        taps.append(axis_taps)
+        out_hw.append(size)
+        phases_hw.append(-(-size // s))
+        window_hw.append(len(axis_taps))
+    # Input rows first .. phases - 1 + first + window - 1, zeros outside the image.
+    x = _pad(
+        x_BxHxWxC,
+        [
+            (-f, m + f + w - 1 - n)
+            for f, m, w, n in zip(firsts, phases_hw, window_hw, input_hw, strict=True)
+        ],
+    )
+    y = image_patches(x, window_hw) @ subpixel_kernel(kernel_HxWxCxF, *taps)
+    (mh, mw), (sh, sw) = phases_hw, strides
+    y = y.reshape(b, mh, mw, sh, sw, features).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(b, mh * sh, mw * sw, features)[:, : out_hw[0], : out_hw[1]]
+
+
+# --- layers ----------------------------------------------------------------------------------
+def _layer_params(layer: nn.Module, x_BxHxWxC: jax.Array):
+    """x, kernel [kh, kw, C, F] and bias [F] (or None) as flax's conv layers create them.
+
+    Same names, shapes, initializers and creation order, hence the same initial values;
+    all three promoted to the computation dtype (`layer.dtype`, or the inputs' if None).
+    """
+    shape = (*layer.kernel_size, x_BxHxWxC.shape[-1], layer.features)
+    kernel = layer.param("kernel", nn.initializers.lecun_normal(), shape)
+    bias = None
+    if layer.use_bias:
+        bias = layer.param("bias", nn.initializers.zeros_init(), (layer.features,))
+    return promote_dtype(x_BxHxWxC, kernel, bias, dtype=layer.dtype)
+
+
+class PatchConv(nn.Module):
+    """`nn.Conv` (2-D, no dilation or groups) computed as one matmul over image patches."""
+
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] = (1, 1)
+    padding: PaddingLike = "SAME"
+    use_bias: bool = True
+    dtype: jnp.dtype | str | None = None
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+        x, kernel, bias = _layer_params(self, x_BxHxWxC)
+        pads = conv_pads(self.padding, x.shape[1:3], self.kernel_size, self.strides)
+        patches = image_patches(_pad(x, pads), self.kernel_size, self.strides)
+        y = patches @ kernel.reshape(-1, self.features)
+        return y if bias is None else y + bias
+
+
+class PatchConvTranspose(nn.Module):
+    """`nn.ConvTranspose` (2-D, kernel not flipped) as one patch matmul (sub-pixel form)."""
+
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] = (1, 1)
+    padding: PaddingLike = "SAME"
+    use_bias: bool = True
+    dtype: jnp.dtype | str | None = None
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+        x, kernel, bias = _layer_params(self, x_BxHxWxC)
+        pads = transpose_pads(self.padding, self.kernel_size, self.strides)
+        y = conv_transpose_as_matmul(x, kernel, self.strides, pads)
+        return y if bias is None else y + bias
+
+
+def conv(conv_impl: str, features: int, kernel_size, **kwargs) -> nn.Module:
+    """`PatchConv` where `use_patches(conv_impl)`, else `nn.Conv`; same arguments."""
+    layer = PatchConv if use_patches(conv_impl) else nn.Conv
+    return layer(features, tuple(kernel_size), **kwargs)
+
+
+def conv_transpose(conv_impl: str, features: int, kernel_size, **kwargs) -> nn.Module:
+    """`PatchConvTranspose` where `use_patches(conv_impl)`, else `nn.ConvTranspose`."""
+    layer = PatchConvTranspose if use_patches(conv_impl) else nn.ConvTranspose
+    return layer(features, tuple(kernel_size), **kwargs)
+

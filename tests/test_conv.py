@@ -1,0 +1,109 @@
+"""Patch-matmul convolutions: the same parameters, outputs and gradients as flax's layers."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdl.models import conv as conv_module
+from jdl.models.conv import PatchConv, PatchConvTranspose, conv, conv_transpose, use_patches
+from jdl.models.gan import Discriminator, Generator
+
+# (input H x W x C, features, kernel, strides, padding): odd and even sizes, unequal axes.
+SHAPES = [
+    ((28, 28, 1), 4, (3, 3), (1, 1), "VALID"),  # the documents' CNN's first layer
+    ((9, 7, 3), 5, (2, 4), (1, 1), "VALID"),
+    ((14, 14, 3), 4, (5, 5), (2, 2), "SAME"),  # the DCGAN's layers
+    ((7, 7, 4), 3, (5, 5), (2, 2), "SAME"),
+    ((7, 7, 6), 5, (5, 5), (1, 1), "SAME"),
+    ((9, 8, 3), 4, (3, 2), (2, 3), "VALID"),
+    ((6, 7, 2), 3, (4, 3), (3, 2), ((1, 2), (0, 1))),
+]
+
+
+def assert_same_layer(ours: nn.Module, theirs: nn.Module, x: jax.Array) -> None:
+    """Same initial variables, outputs, and gradients for the variables and the input."""
+    variables = jax.jit(ours.init)(jax.random.key(0), x)
+    # Same names, shapes and initial values: checkpoints move between the two.
+    jax.tree.map(
+        np.testing.assert_array_equal, variables, jax.jit(theirs.init)(jax.random.key(0), x)
+    )
+    # A nonzero bias, so that a missing or misplaced bias shows.
+    variables = jax.tree.map(lambda v: v + 0.1, variables)
+    np.testing.assert_allclose(
+        jax.jit(ours.apply)(variables, x), jax.jit(theirs.apply)(variables, x), rtol=1e-5, atol=1e-5
+    )
+
+    def gradients(module):
+        def loss(variables, x):
+            return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables, x)
+
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+        gradients(ours),
+        gradients(theirs),
+    )
+
+
+@pytest.mark.parametrize(("shape", "features", "kernel", "strides", "padding"), SHAPES)
+def test_patch_conv_equals_flax_conv(shape, features, kernel, strides, padding):
+    x = jax.random.normal(jax.random.key(1), (2, *shape))
+    assert_same_layer(
+        PatchConv(features, kernel, strides, padding),
+        nn.Conv(features, kernel, strides, padding=padding),
+        x,
+    )
+
+
+@pytest.mark.parametrize(("shape", "features", "kernel", "strides", "padding"), SHAPES)
+def test_patch_conv_transpose_equals_flax_conv_transpose(shape, features, kernel, strides, padding):
+    x = jax.random.normal(jax.random.key(1), (2, *shape))
+    assert_same_layer(
+        PatchConvTranspose(features, kernel, strides, padding),
+        nn.ConvTranspose(features, kernel, strides, padding=padding),
+        x,
+    )
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [(PatchConv, nn.Conv), (PatchConvTranspose, nn.ConvTranspose)]
+)
+def test_without_bias_both_layers_match_flax(ours, theirs):
+    x = jax.random.normal(jax.random.key(1), (2, 7, 7, 2))
+    assert_same_layer(
+        ours(3, (5, 5), (2, 2), use_bias=False), theirs(3, (5, 5), (2, 2), use_bias=False), x
+    )
+
+
+def test_auto_uses_patches_on_cpu_and_flax_layers_on_accelerators(monkeypatch):
+    assert jax.default_backend() == "cpu"
+    assert use_patches("auto") and use_patches("im2col") and not use_patches("xla")
+    assert isinstance(conv("auto", 4, (3, 3)), PatchConv)
+    assert isinstance(conv_transpose("auto", 4, (3, 3)), PatchConvTranspose)
+    for backend in ("gpu", "tpu"):
+        monkeypatch.setattr(conv_module.jax, "default_backend", lambda b=backend: b)
+        assert not use_patches("auto") and use_patches("im2col")
+        assert type(conv("auto", 4, (3, 3))) is nn.Conv
+        assert type(conv_transpose("auto", 4, (3, 3))) is nn.ConvTranspose
+    with pytest.raises(ValueError, match="Unknown conv_impl 'winograd'"):
+        use_patches("winograd")
+
+
+@pytest.mark.parametrize("network", ["generator", "discriminator"])
+def test_dcgan_runs_as_matmuls_on_cpu_with_the_variables_of_flax_layers(network):
+    if network == "generator":
+        make, x = (lambda c: Generator((8, 8, 1), (8, 6, 4), conv_impl=c)), jnp.ones((2, 5))
+    else:
+        make, x = (lambda c: Discriminator((4, 6, 8), conv_impl=c)), jnp.ones((2, 8, 8, 1))
+    auto, xla = make("auto"), make("xla")
+    variables = jax.jit(auto.init)(jax.random.key(0), x)
+    # Same names and shapes (values: the layer tests above).
+    abstract = jax.eval_shape(xla.init, jax.random.key(0), x)
+    assert jax.tree.map(np.shape, variables) == jax.tree.map(np.shape, abstract)
+    outputs = [jax.jit(model.apply)(variables, x) for model in (auto, xla)]
+    np.testing.assert_allclose(*outputs, atol=1e-5)
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(auto.apply)(variables, x))
+    assert "conv_general_dilated" in str(jax.make_jaxpr(xla.apply)(variables, x))
