@@ -31,8 +31,12 @@ class _QuietUnrankedSaves(std_logging.Filter):
         return "did not provide metrics" not in record.getMessage()
 
 
-def run(get_config: Callable[[], ml_collections.ConfigDict]) -> None:
-    """Parses `--workdir` and `--config.*` overrides of `get_config()`, then trains."""
+Job = Callable[[ml_collections.ConfigDict, str], object]  # (config, workdir) -> anything
+
+
+def run(get_config: Callable[[], ml_collections.ConfigDict], job: Job | None = None) -> None:
+    """Parses `--workdir` and `--config.*` overrides of `get_config()`, then runs `job`
+    (default: `train_and_evaluate` on the validated config)."""
     from jdl.parallel.allocator import keep_freed_memory
 
     keep_freed_memory()  # before JAX starts its threads (see jdl.parallel.allocator)
@@ -43,7 +47,7 @@ def run(get_config: Callable[[], ml_collections.ConfigDict]) -> None:
     show_traceback = "--traceback" in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
     try:
         workdir, config = parse_command_line(argv, get_config())
-        train(config, workdir)
+        train(config, workdir, job)
     except Exception as error:
         if show_traceback or not is_user_mistake(error):
             raise
@@ -66,8 +70,9 @@ def is_user_mistake(error: Exception) -> bool:
     )
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """train_and_evaluate with quiet library logs; a preemption exits with its own status."""
+def train(config: ml_collections.ConfigDict, workdir: str, job: Job | None = None) -> None:
+    """`job` (default: train_and_evaluate) with quiet library logs; a preemption exits with
+    its own status."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # tfds's TensorFlow, if it loads
     from absl import logging
 
@@ -77,9 +82,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     logging.get_absl_logger().addFilter(_QuietUnrankedSaves())
-    config = validate_config(config)
     try:
-        train_and_evaluate(config, workdir)
+        if job is None:
+            train_and_evaluate(validate_config(config), workdir)
+        else:
+            job(config, workdir)
     except PreemptedError as preempted:
         print(preempted, file=sys.stderr)
         sys.exit(PREEMPTED_EXIT_CODE)

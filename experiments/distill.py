@@ -96,6 +96,6 @@ def table(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    from experiments.jobs import run_job
+    from experiments.cli import run as run_command
 
-    run_job(get_config, run)
+    run_command(get_config, run)

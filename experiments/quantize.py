@@ -13,7 +13,6 @@ import json
 import time
 from pathlib import Path
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -79,6 +78,8 @@ def saved_int8(path: Path, model, make):
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or reuses), quantizes and measures; writes and returns quantization.json."""
+    import jax
+
     import jdl
     from jdl import quantize
     from jdl.config import validate_config
@@ -150,6 +151,6 @@ def table(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    from experiments.jobs import run_job
+    from experiments.cli import run as run_command
 
-    run_job(get_config, run)
+    run_command(get_config, run)

@@ -503,7 +503,8 @@ class _Run:
         if evaluating:
             progress.eval_metrics = self.evaluate(state, epoch)
             self.reporter.log_eval(step, epoch, {**progress.train_metrics, **progress.eval_metrics})
-            progress.early_stop = self.stopper.update(progress.eval_metrics)
+            if progress.eval_metrics:  # without an eval split there is nothing to rank
+                progress.early_stop = self.stopper.update(progress.eval_metrics)
         if saving:
             self.save(state, epoch, progress.eval_metrics if evaluating else None)
             window.restart_clock()

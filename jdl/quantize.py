@@ -11,7 +11,7 @@ matmul and convolution (weights and inputs, dynamic scales) and keeps float grad
 (straight-through); the parameters stay float, so they load and quantize like any others.
 
 qwix intercepts `jax.lax.dot_general` and `jax.lax.conv_general_dilated` called from a
-module. jdl's CPU convolution (`Im2ColConv`) multiplies patches with `@`, which qwix
+module. jdl's CPU convolution (`jdl.models.conv.PatchConv`) multiplies patches with `@`, which qwix
 does not see, so a CNN is quantized with `conv_impl="xla"`: the same parameters, and
 qwix's int8 convolution.
 """

@@ -70,7 +70,6 @@ def array_dataset(
     *,
     batch_size: int,
     seed: int,
-    num_outputs: int,
     shuffle: bool = True,
 ) -> Dataset:
     """An in-memory dataset; without validation data its eval split is empty (no evaluation)."""
@@ -80,7 +79,7 @@ def array_dataset(
     info = DatasetInfo(
         name="arrays",
         input_shape=tuple(train[0].shape[1:]),
-        num_classes=num_outputs,
+        num_classes=0,  # labels are checked against the loss by jdl.keras.objectives
         num_train=len(train[0]),
         num_eval=len(validation[0]),
         input_key=key,
@@ -116,6 +115,8 @@ class EvalSplit:
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int):
         self.arrays, self.batch_size = {input_key(x): x, "label": y}, batch_size
+        # num_classes 0: labels are checked against the loss by jdl.keras.objectives.
+        self.info = DatasetInfo("arrays", tuple(x.shape[1:]), 0, 0, len(x), input_key(x))
 
     def eval_batches(self):
         """Every example once, in padded batches with a `mask`."""

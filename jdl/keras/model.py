@@ -371,7 +371,6 @@ class Model:
             validation,
             batch_size=batch_size,
             seed=self.seed,
-            num_outputs=self.num_outputs,
             shuffle=shuffle,
         )
 
