@@ -7,7 +7,7 @@ import pytest
 from jax.random import key
 from loop_helpers import small_config
 
-from jdl import loop, train_and_evaluate
+from jdl import engine, train_and_evaluate
 from jdl.models import build_model
 from jdl.parallel import MODES, Strategy
 from jdl.state import create_train_state
@@ -43,8 +43,8 @@ def test_nothing_compiles_after_the_first_epoch(tmp_path, monkeypatch, compile_c
         counts_after_epoch.append(compile_count())
         return metrics
 
-    real_evaluate = loop.evaluate
-    monkeypatch.setattr(loop, "evaluate", counting_evaluate)
+    real_evaluate = engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", counting_evaluate)
     train_and_evaluate(small_config(num_epochs=3, checkpoint_every=10, **overrides), tmp_path)
     assert len(counts_after_epoch) == 3
     assert counts_after_epoch[0] > 0
