@@ -55,7 +55,7 @@ class EpochClock:
         return (num_examples // BATCH) * BATCH / statistics.median(gaps)
 
 
-def model_fit(model_name: str, x, y, epochs: int, steps_per_call: int = 1) -> float:
+def model_fit(model_name: str, x, y, epochs: int, steps_per_call: int = 8) -> float:
     """`jdl.Model(<jdl's registry module>).fit`, timed between epoch ends."""
     import optax
 
@@ -99,8 +99,8 @@ def keras_fit(model_name: str, x, y, epochs: int) -> float:
 
 
 ROWS = {
-    "jdl.Model.fit": model_fit,
-    "jdl.Model.fit, steps_per_call=8": functools.partial(model_fit, steps_per_call=8),
+    "jdl.Model.fit (default: 8 steps per call)": model_fit,
+    "jdl.Model.fit, steps_per_call=1": functools.partial(model_fit, steps_per_call=1),
     "jdl.train_and_evaluate": train_and_evaluate,
     "keras.Model.fit (jax)": keras_fit,
 }
