@@ -7,6 +7,8 @@
 Trains the CNN in W/float (or reuses that finished run), and with `mode=qat` also a
 quantization-aware run in W/qat; quantizes the run `mode` names (static int8 and
 weights-only int8, both saved through orbax under W/), and writes W/quantization.json.
+Bytes are the variables serialized as one flax msgpack file (`*_bytes`) and the orbax
+checkpoint folders (`*_checkpoint_bytes`, with their fixed metadata).
 """
 
 import json
@@ -123,11 +125,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "dataset": config.dataset,
         "mode": config.mode,
         **{f"{name}_accuracy": accuracy(f, dataset) for name, f in predictors.items()},
-        "float_bytes": quantize.parameter_bytes(workdir / "float_params"),
-        "int8_bytes": quantize.parameter_bytes(workdir / f"int8_{config.mode}"),
-        "int8_weights_only_bytes": quantize.parameter_bytes(
-            workdir / f"int8_weights_only_{config.mode}"
-        ),
+        "float_bytes": quantize.serialized_bytes(float_variables),
+        "int8_bytes": quantize.serialized_bytes(static.variables),
+        "int8_weights_only_bytes": quantize.serialized_bytes(weights_only.variables),
+        "float_checkpoint_bytes": quantize.checkpoint_bytes(workdir / "float_params"),
+        "int8_checkpoint_bytes": quantize.checkpoint_bytes(workdir / f"int8_{config.mode}"),
         **{
             f"{name}_examples_per_sec": speed
             for name, speed in examples_per_sec(predictors, batch, config.timing_seconds).items()

@@ -1,6 +1,8 @@
 """A small, fast training harness for tests: a pure step over in-memory digits, one compiled
 `lax.scan` per run (the loop's epoch machinery is tested elsewhere)."""
 
+import functools
+
 import jax
 import numpy as np
 import optax
@@ -26,13 +28,14 @@ def train(model, step, data, *, epochs: int, seed: int, learning_rate: float, ba
         [order.permutation(len(data["label"]))[: steps * batch_size] for _ in range(epochs)]
     ).reshape(-1, batch_size)
     batches = {key: value[index] for key, value in data.items()}
-    rng = jax.random.key(seed + 1)
+    return jax.device_get(_run(step, state, batches, jax.random.key(seed + 1)))
 
-    @jax.jit
-    def run(state, batches):
-        return jax.lax.scan(lambda s, b: (step(s, b, rng)[0], None), state, batches)[0]
 
-    return jax.device_get(run(state, batches))
+@functools.partial(jax.jit, static_argnums=0)
+def _run(step, state, batches, rng):
+    """`step` over the stacked batches in one compiled scan (compiled once per step and
+    model: seeds share it)."""
+    return jax.lax.scan(lambda s, b: (step(s, b, rng)[0], None), state, batches)[0]
 
 
 def accuracy(state, batch) -> float:

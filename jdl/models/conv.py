@@ -178,55 +178,49 @@ def conv_transpose_as_matmul(x_BxHxWxC, kernel_HxWxCxF, strides, pads: Pads) -> 
 
 
 # --- layers ----------------------------------------------------------------------------------
-def _layer_params(layer: nn.Module, x_BxHxWxC: jax.Array):
-    """x, kernel [kh, kw, C, F] and bias [F] (or None) as flax's conv layers create them.
+class _PatchLayer(nn.Module):
+    """The fields, parameters and bias of flax's 2-D conv layers; subclasses give the
+    linear map. Same names, shapes, initializers and creation order as `nn.Conv` /
+    `nn.ConvTranspose`, hence the same initial values and interchangeable checkpoints;
+    all promoted to the computation dtype (`dtype`, or the inputs' if None)."""
 
-    Same names, shapes, initializers and creation order, hence the same initial values;
-    all three promoted to the computation dtype (`layer.dtype`, or the inputs' if None).
-    """
-    shape = (*layer.kernel_size, x_BxHxWxC.shape[-1], layer.features)
-    kernel = layer.param("kernel", nn.initializers.lecun_normal(), shape)
-    bias = None
-    if layer.use_bias:
-        bias = layer.param("bias", nn.initializers.zeros_init(), (layer.features,))
-    return promote_dtype(x_BxHxWxC, kernel, bias, dtype=layer.dtype)
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] = (1, 1)
+    padding: PaddingLike = "SAME"
+    use_bias: bool = True
+    dtype: jnp.dtype | str | None = None
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+        shape = (*self.kernel_size, x_BxHxWxC.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x, kernel, bias = promote_dtype(x_BxHxWxC, kernel, bias, dtype=self.dtype)
+        y = self.linear_map(x, kernel)
+        return y if bias is None else y + bias
+
+    def linear_map(self, x_BxHxWxC: jax.Array, kernel_HxWxCxF: jax.Array) -> jax.Array:
+        raise NotImplementedError
 
 
-class PatchConv(nn.Module):
+class PatchConv(_PatchLayer):
     """`nn.Conv` (2-D, no dilation or groups) computed as one matmul over image patches."""
 
-    features: int
-    kernel_size: Sequence[int] = (3, 3)
-    strides: Sequence[int] = (1, 1)
-    padding: PaddingLike = "SAME"
-    use_bias: bool = True
-    dtype: jnp.dtype | str | None = None
-
-    @nn.compact
-    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
-        x, kernel, bias = _layer_params(self, x_BxHxWxC)
-        pads = conv_pads(self.padding, x.shape[1:3], self.kernel_size, self.strides)
-        patches = image_patches(_pad(x, pads), self.kernel_size, self.strides)
-        y = patches @ kernel.reshape(-1, self.features)
-        return y if bias is None else y + bias
+    def linear_map(self, x_BxHxWxC, kernel_HxWxCxF):
+        pads = conv_pads(self.padding, x_BxHxWxC.shape[1:3], self.kernel_size, self.strides)
+        patches = image_patches(_pad(x_BxHxWxC, pads), self.kernel_size, self.strides)
+        return patches @ kernel_HxWxCxF.reshape(-1, self.features)
 
 
-class PatchConvTranspose(nn.Module):
+class PatchConvTranspose(_PatchLayer):
     """`nn.ConvTranspose` (2-D, kernel not flipped) as one patch matmul (sub-pixel form)."""
 
-    features: int
-    kernel_size: Sequence[int] = (3, 3)
-    strides: Sequence[int] = (1, 1)
-    padding: PaddingLike = "SAME"
-    use_bias: bool = True
-    dtype: jnp.dtype | str | None = None
-
-    @nn.compact
-    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
-        x, kernel, bias = _layer_params(self, x_BxHxWxC)
+    def linear_map(self, x_BxHxWxC, kernel_HxWxCxF):
         pads = transpose_pads(self.padding, self.kernel_size, self.strides)
-        y = conv_transpose_as_matmul(x, kernel, self.strides, pads)
-        return y if bias is None else y + bias
+        return conv_transpose_as_matmul(x_BxHxWxC, kernel_HxWxCxF, self.strides, pads)
 
 
 def conv(conv_impl: str, features: int, kernel_size, **kwargs) -> nn.Module:
@@ -239,4 +233,3 @@ def conv_transpose(conv_impl: str, features: int, kernel_size, **kwargs) -> nn.M
     """`PatchConvTranspose` where `use_patches(conv_impl)`, else `nn.ConvTranspose`."""
     layer = PatchConvTranspose if use_patches(conv_impl) else nn.ConvTranspose
     return layer(features, tuple(kernel_size), **kwargs)
-

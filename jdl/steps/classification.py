@@ -8,6 +8,8 @@ step runs under a mapped axis (pmap), and then gradients, batch-norm statistics
 and metrics are combined across that axis.
 """
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -108,10 +110,15 @@ def train_step(
     axis_name: str | None = None,
     label_smoothing: float = 0.0,
     max_shift: int = 0,
+    loss: Callable[[jax.Array, dict, jax.Array], jax.Array] | None = None,
 ) -> tuple[TrainState, dict]:
     """One gradient step on the (weighted) mean loss of the batch.
 
     `max_shift` > 0 translates each training image by up to that many pixels.
+    `loss(logits, batch, inputs)`, when given, returns the per-example losses in place of
+    the cross-entropy; it sees the (translated) inputs the model saw, so a distillation
+    loss can ask a teacher about the same images. Metrics stay the plain cross-entropy
+    and accuracy, so runs with different losses compare.
     """
     rng = jax.random.fold_in(rng, state.step)
     if axis_name is not None:
@@ -135,7 +142,10 @@ def train_step(
             rngs={"dropout": dropout_rng},
             mutable=["batch_stats"],
         )
-        per_example = per_example_loss(logits, labels, label_smoothing)
+        if loss is None:
+            per_example = per_example_loss(logits, labels, label_smoothing)
+        else:
+            per_example = loss(logits, batch, inputs)
         mean_loss = jnp.sum(per_example * weights_B) / jnp.maximum(jnp.sum(weights_B), 1.0)
         return mean_loss, (logits, updates.get("batch_stats", {}))
 
