@@ -1,0 +1,73 @@
+"""A stand-in for MNIST in tfds's own prepared format, built from local files.
+
+    python -m benchmarks.local_mnist /tmp/local_tfds
+    python -m benchmarks.process_time -- --config.data_dir=/tmp/local_tfds
+
+Writes MNIST-format IDX files (60,000 train and 10,000 test 28x28 images: the embedded
+8x8 digits scaled 3x, placed at random offsets) and runs tfds's real
+MNIST builder on them in place of its download, so `data_dir` then holds a prepared
+`mnist` that reads exactly like the real one: same files, PNG decoding and splits. For
+timing the tfds path where there is no internet; the accuracies it gives are not MNIST's.
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+SPLITS = {"train": ("train", 60_000), "test": ("t10k", 10_000)}
+
+
+def digit_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` 28x28 uint8 images of the embedded digits, and their labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(len(digits.target), size=count)
+    small = digits.images[pick] * (255 / 16)  # [count, 8, 8], 0..255
+    images = np.zeros((count, 28, 28), np.float32)
+    offsets = rng.integers(0, 5, size=(count, 2))
+    for i, (row, col) in enumerate(offsets):
+        images[i, row : row + 24, col : col + 24] = np.kron(small[i], np.ones((3, 3)))
+    return images.round().astype(np.uint8), digits.target[pick].astype(np.uint8)
+
+
+def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> dict:
+    """The IDX image and label files MNIST ships (uncompressed, as tfds extracts them)."""
+    data, label = folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte"
+    header = np.array([2051, len(images), 28, 28], ">i4").tobytes()
+    data.write_bytes(header + images.tobytes())
+    label.write_bytes(np.array([2049, len(labels)], ">i4").tobytes() + labels.tobytes())
+    return {"data": str(data), "labels": str(label)}
+
+
+def prepare(data_dir: str, seed: int = 0) -> None:
+    """Prepares tfds `mnist` in `data_dir` from generated IDX files instead of a download."""
+    import tensorflow_datasets as tfds
+
+    with tempfile.TemporaryDirectory() as folder:
+        files = {}
+        for index, (split, (prefix, count)) in enumerate(SPLITS.items()):
+            paths = write_idx(Path(folder), prefix, *digit_images(count, seed + index))
+            files[f"{split}_data"], files[f"{split}_labels"] = paths["data"], paths["labels"]
+        downloaded = mock.patch.object(
+            tfds.download.DownloadManager, "download_and_extract", return_value=files
+        )
+        with downloaded:
+            tfds.builder("mnist", data_dir=data_dir).download_and_prepare()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("data_dir")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    prepare(args.data_dir, args.seed)
+    print(f"Prepared a local stand-in for tfds mnist in {args.data_dir}")
+
+
+if __name__ == "__main__":
+    main()
