@@ -44,7 +44,8 @@ class PhaseClock:
     """Exclusive wall time per phase: time inside a nested phase, or reported by JAX as
     compilation, counts for that phase only."""
 
-    def __init__(self):
+    def __init__(self, now=time.perf_counter):
+        self.now = now
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self.stack: list[tuple[str, float]] = []
 
@@ -57,7 +58,7 @@ class PhaseClock:
             self._switch(None)
 
     def _switch(self, entering: str | None) -> None:
-        now = time.perf_counter()
+        now = self.now()
         if self.stack:
             current, since = self.stack[-1]
             self.seconds[current] += now - since
