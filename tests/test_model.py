@@ -317,11 +317,11 @@ def test_nnx_model_loads_with_its_module(digits, tmp_path):
 
 
 # --- bad input: a clear error before any training, nothing written ----------------------
-def _fit(model_kwargs, fit_args, loss="sparse_categorical_crossentropy"):
+def _fit(model_kwargs, fit_args, loss="sparse_categorical_crossentropy", **fit_kwargs):
     def run(workdir):
         model = Model(**model_kwargs)
         model.compile(loss=loss)
-        model.fit(*fit_args, epochs=1, batch_size=8, workdir=workdir, verbose=0)
+        model.fit(*fit_args, epochs=1, batch_size=8, workdir=workdir, verbose=0, **fit_kwargs)
 
     return run
 
@@ -329,6 +329,28 @@ def _fit(model_kwargs, fit_args, loss="sparse_categorical_crossentropy"):
 X = np.zeros((16, 8, 8, 1), np.float32)
 SMALL_MLP = MLP(hidden_sizes=(8,))
 Y = np.arange(16) % 10
+
+
+def teacher(num_outputs=10):
+    return Model(MLP(hidden_sizes=(8,), num_outputs=num_outputs), input_shape=(8, 8, 1))
+
+
+def test_fit_with_a_teacher_learns_from_the_teacher(digits):
+    """alpha=1 trains on the teacher's soft targets alone: with shuffled labels the student
+    still learns the digits, which it can only have from the teacher."""
+    x_train, y_train, x_eval, y_eval = digits
+    trained = compiled(MLP(hidden_sizes=(128,)))
+    trained.fit(x_train, y_train, epochs=6, batch_size=32, verbose=0)
+    assert trained.evaluate(x_eval, y_eval, return_dict=True)["accuracy"] > 0.93
+    frozen = jax.tree.map(np.array, trained.state.params)
+    wrong = np.random.default_rng(0).permutation(y_train)
+    student = compiled(MLP(hidden_sizes=(32,)))
+    student.fit(x_train, wrong, epochs=8, batch_size=32, verbose=0, teacher=trained, alpha=1.0)
+    assert student.evaluate(x_eval, y_eval, return_dict=True)["accuracy"] > 0.9
+    jax.tree.map(np.testing.assert_array_equal, trained.state.params, frozen)
+    alone = compiled(MLP(hidden_sizes=(32,)))
+    alone.fit(x_train, wrong, epochs=8, batch_size=32, verbose=0)
+    assert alone.evaluate(x_eval, y_eval, return_dict=True)["accuracy"] < 0.3
 
 
 @pytest.mark.parametrize(
@@ -354,6 +376,26 @@ Y = np.arange(16) % 10
         ),
         (lambda workdir: Model(SMALL_MLP).predict(X), "no parameters yet"),
         (lambda workdir: jdl.load(workdir), "No jdl.Model saved"),
+        (
+            _fit({"module": SMALL_MLP}, (X, Y), teacher=teacher(num_outputs=3)),
+            "teacher has 3 outputs and this model 10",
+        ),
+        (
+            _fit({"module": SMALL_MLP}, (X, Y), teacher=teacher(), temperature=0.0),
+            "temperature must be > 0",
+        ),
+        (
+            _fit({"module": SMALL_MLP}, (X, Y), teacher=teacher(), alpha=1.5),
+            r"alpha must lie in \[0, 1\]",
+        ),
+        (
+            _fit({"module": SMALL_MLP}, (X, Y), teacher=Model(SMALL_MLP)),
+            "teacher must be a jdl.Model that has been built",
+        ),
+        (
+            _fit({"module": MLP(num_outputs=1)}, (X, Y * 0.1), loss="mse", teacher=teacher(1)),
+            "distils classifiers",
+        ),
     ],
     ids=[
         "lengths",
@@ -364,6 +406,11 @@ Y = np.arange(16) % 10
         "input_shape",
         "predict_unbuilt",
         "load_nothing",
+        "teacher_outputs",
+        "temperature",
+        "alpha",
+        "teacher_unbuilt",
+        "teacher_regression",
     ],
 )
 def test_bad_input_fails_clearly_before_writing(tmp_path, action, message):

@@ -24,6 +24,7 @@ from jdl.data import Dataset
 from jdl.keras import data, objectives, saving, steps
 from jdl.keras.adapters import adapt
 from jdl.keras.callbacks import EngineCallbacks, History
+from jdl.losses import check_distillation_settings
 from jdl.parallel import Strategy
 from jdl.state import TrainState, count_params
 from jdl.tasks.base import Task
@@ -181,12 +182,18 @@ class Model:
         shuffle: bool = True,
         workdir: str | Path | None = None,
         data_dir: str | None = None,
+        teacher: "Model | None" = None,
+        temperature: float = 4.0,
+        alpha: float = 0.9,
     ) -> History:
         """Trains for `epochs` more epochs from the current weights; returns the `History`.
 
         `x`, `y`: arrays, or `x` a jdl `Dataset` or a dataset name (`jdl.data.DATASETS`:
         tfds names read from `data_dir`) whose eval split validates. `workdir` adds
-        TensorBoard events, metrics.jsonl, curves.png and checkpoints there.
+        TensorBoard events, metrics.jsonl, curves.png and checkpoints there. A trained
+        classifier `teacher` (a `jdl.Model` with as many outputs) distils into this one:
+        the loss trained on is `jdl.losses.distillation_loss` (`temperature`, `alpha`); the
+        teacher is never updated, and the reported loss stays the compiled one.
         """
         compiled = self._require_compiled("fit")
         if epochs < 1:
@@ -194,6 +201,9 @@ class Model:
         dataset = self._training_data(
             x, y, batch_size, validation_split, validation_data, shuffle, data_dir
         )
+        train_step = compiled.train_step
+        if teacher is not None:
+            train_step = self._distilled(train_step, teacher, temperature, alpha)
         compiled.strategy.check_batch_size(dataset.batch_size)
         compiled.strategy.check_batch_size(dataset.eval_batch_size)
         if compiled.strategy.mode == "pmap":
@@ -212,7 +222,7 @@ class Model:
             resume=False,  # the model's own weights are the starting point, as in Keras
             label=type(self.module).__name__,
         )
-        task = Task(self.state, compiled.train_step, compiled.eval_step)
+        task = Task(self.state, train_step, compiled.eval_step)
         self.history = History()
         keras_callbacks = [self.history, *(callbacks or ())]
         for callback in keras_callbacks:
@@ -234,6 +244,30 @@ class Model:
         for callback in keras_callbacks:
             _hook(callback, "on_train_end", last_logs)
         return self.history
+
+    def _distilled(self, train_step, teacher: "Model", temperature: float, alpha: float):
+        """`train_step` on the distillation loss against `teacher`, after checking both."""
+        check_distillation_settings(temperature, alpha)
+        classifying = ("sparse_categorical_crossentropy", "categorical_crossentropy")
+        if self.compiled.loss_name not in classifying:
+            raise ValueError(
+                f"fit(teacher=...) distils classifiers; compile with one of {list(classifying)}, "
+                f"not {self.compiled.loss_name!r}"
+            )
+        if not isinstance(teacher, Model) or teacher.state is None:
+            raise ValueError("The teacher must be a jdl.Model that has been built and trained")
+        if teacher.num_outputs != self.num_outputs:
+            raise ValueError(
+                f"The teacher has {teacher.num_outputs} outputs and this model "
+                f"{self.num_outputs}: distillation needs the same classes"
+            )
+        teacher_loss = functools.partial(
+            steps.distillation_loss,
+            teacher=teacher.state.replace(tx=None, opt_state=None),
+            temperature=temperature,
+            alpha=alpha,
+        )
+        return functools.partial(train_step, teacher_loss=teacher_loss)
 
     def evaluate(
         self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0, return_dict: bool = False
