@@ -2,7 +2,12 @@
 validation, and the tfds load / prepare / unavailable paths (all offline)."""
 
 import functools
+import os
+import pickle
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +34,7 @@ from jdl.data.dataset import shard_bounds
 from jdl.data.embedded import digits_splits
 from jdl.data.tfds_data import load_tfds, prepared_builder
 
+ROOT = Path(__file__).resolve().parent.parent
 BATCHING = {"batch_size": 8, "eval_batch_size": 5, "seed": 0}  # 45 train -> 5 steps; 17 eval
 
 
@@ -311,6 +317,57 @@ def test_prepares_a_tfds_dataset_from_local_files(tmp_path, monkeypatch):
     arrays = load_dataset("tiny", download=False, **kwargs).train_arrays()
     by_id = np.argsort(batch_ids(arrays))
     np.testing.assert_allclose(arrays["image"][by_id], id_images(TRAIN_IDS) / 255.0, rtol=1e-6)
+
+
+def all_batches(dataset) -> list[dict]:
+    return [*dataset.train_batches(1), *dataset.eval_batches()]
+
+
+def test_decoded_splits_are_kept_and_reread_without_tensorflow(tmp_path):
+    write_tiny_images_source(tmp_path)
+    first = load_tfds("jdl_tiny_images", data_dir=str(tmp_path), **BATCHING)
+    kept = sorted(tmp_path.rglob("jdl_arrays/*.npz"))
+    assert [path.name for path in kept] == ["test.npz", "train.npz"]
+    # A fresh process reads the kept arrays: the same batches, and TensorFlow never imported.
+    script = (
+        "import sys, pickle, data_helpers\n"
+        "from jdl.data.tfds_data import load_tfds\n"
+        f"dataset = load_tfds('jdl_tiny_images', data_dir={str(tmp_path)!r}, **{BATCHING!r})\n"
+        "batches = [*dataset.train_batches(1), *dataset.eval_batches()]\n"
+        "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n"
+        "sys.stdout.buffer.write(pickle.dumps((dataset.info, batches)))\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, env=environment, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    info, batches = pickle.loads(done.stdout)
+    assert info == first.info
+    for got, expected in zip(batches, all_batches(first), strict=True):
+        assert got.keys() == expected.keys()
+        for key in got:
+            np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_kept_arrays_follow_their_source_files(tmp_path):
+    write_tiny_images_source(tmp_path)
+    expected = all_batches(load_tfds("jdl_tiny_images", data_dir=str(tmp_path), **BATCHING))
+    train = next(tmp_path.rglob("jdl_arrays/train.npz"))
+    # Arrays kept from other records (a re-prepared dataset) are not used, nor are broken ones.
+    with np.load(train) as kept:
+        arrays = {key: kept[key] for key in kept.files}
+    np.savez(train, **{**arrays, "label": (arrays["label"] + 1) % 3})
+    record = next(train.parent.parent.glob("jdl_tiny_images-train.tfrecord*"))
+    os.utime(record, ns=(record.stat().st_atime_ns, record.stat().st_mtime_ns + 10**9))
+    again = all_batches(load_tfds("jdl_tiny_images", data_dir=str(tmp_path), **BATCHING))
+    train.write_bytes(b"not an npz")
+    broken = all_batches(load_tfds("jdl_tiny_images", data_dir=str(tmp_path), **BATCHING))
+    for batches in (again, broken):
+        for got, want in zip(batches, expected, strict=True):
+            np.testing.assert_array_equal(got["label"], want["label"])
+    with np.load(train) as kept:  # kept anew from the records
+        np.testing.assert_array_equal(np.sort(kept["label"]), np.sort(arrays["label"]))
 
 
 def test_missing_tfds_dataset_explains_what_to_do(tmp_path):

@@ -1,23 +1,42 @@
 """tfds image-classification datasets (features `image` uint8 and `label`) as jdl `Dataset`s.
 
-The only jdl module that imports TensorFlow, on first use (the import takes seconds), and
-with accelerators hidden from it: TensorFlow only reads data, JAX owns the devices.
+The only jdl module that imports TensorFlow, when it first decodes a split or prepares a
+dataset (the import takes seconds), and with accelerators hidden from it: TensorFlow only
+reads data, JAX owns the devices.
 """
 
 import contextlib
 import functools
 import io
+import json
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from jdl.data.dataset import Batch, Dataset, DatasetInfo, epoch_seed
+import numpy as np
+
+from jdl.data.dataset import (
+    Batch,
+    Dataset,
+    DatasetInfo,
+    epoch_seed,
+    num_examples,
+    resolve_process,
+)
 from jdl.data.embedded import EMBEDDED
 
 
 class DatasetUnavailableError(RuntimeError):
     """A tfds dataset is not prepared in its data_dir and could not be downloaded."""
+
+
+def _tfds():
+    """tensorflow_datasets alone: builders and their metadata do not import TensorFlow."""
+    import tensorflow_datasets as tfds
+
+    return tfds
 
 
 @functools.cache
@@ -98,13 +117,13 @@ def prepared_builder(name: str, data_dir: str | None = None, download: bool = Tr
     Prepares it (download_and_prepare) when it is missing and `download` is true; raises
     `DatasetUnavailableError`, saying what to do, when that is not allowed or fails.
     """
-    _, tfds = _tf_and_tfds()
-    builder = tfds.builder(name, data_dir=data_dir)
+    builder = _tfds().builder(name, data_dir=data_dir)
     if builder.is_prepared():
         return builder
     if not download:
         reason = "it has not been prepared there and download=False"
         raise DatasetUnavailableError(_unavailable_message(name, builder.data_dir_root, reason))
+    _tf_and_tfds()  # TensorFlow, with the accelerators hidden from it, before tfds loads it
     print(f"Downloading and preparing tfds dataset {name!r} in {str(builder.data_dir_root)!r}...")
     try:
         with _few_download_retries(), _removed_if_failed(builder.data_dir_root), _quiet():
@@ -117,88 +136,125 @@ def prepared_builder(name: str, data_dir: str | None = None, download: bool = Tr
     return builder
 
 
-def _image_and_label(example: dict) -> dict:
-    return {"image": example["image"], "label": example["label"]}
-
-
-def _model_inputs(batch: dict) -> dict:
-    """uint8 images scaled to float32 in [0, 1]; int32 labels."""
-    tf, _ = _tf_and_tfds()
-    return {
-        "image": tf.cast(batch["image"], tf.float32) / 255.0,
-        "label": tf.cast(batch["label"], tf.int32),
-    }
+ARRAYS_FOLDER = "jdl_arrays"  # beside a prepared dataset's files: its splits, decoded
+READ_BATCH = 4096  # examples per decoded batch while a split is read
 
 
 class TfdsDataset(Dataset):
-    """A prepared tfds builder's `train` and `test` splits, this process's share of each.
+    """A prepared tfds builder's `train` and `test` splits, this process's share of each,
+    held in memory as uint8 arrays and scaled batch by batch.
 
-    Each split is read once in file order and cached in memory as uint8, so every epoch's
-    order depends only on the shuffle seed derived from (seed, epoch).
+    Each split is decoded once and kept beside the dataset's files (`jdl_arrays/`), so later
+    runs read plain arrays: no TensorFlow import, no tfds reader, seconds less per process.
+    A kept split is used only while the files it was decoded from are unchanged. Every
+    epoch's order depends only on the shuffle seed derived from (seed, epoch).
     """
 
     def __init__(self, builder, **batching):
+        process = resolve_process(batching.get("process_index"), batching.get("process_count"))
+        self._train, num_train = split_arrays(builder, "train", *process)
+        self._eval, num_eval = split_arrays(builder, "test", *process)
         features = builder.info.features
         info = DatasetInfo(
             name=builder.name,
             input_shape=tuple(features["image"].shape),
             num_classes=features["label"].num_classes,
-            # Counted from the readers rather than builder.info, so that they always match
-            # what is read (also under tfds.testing.mock_data).
-            num_train=int(builder.as_dataset(split="train").cardinality()),
-            num_eval=int(builder.as_dataset(split="test").cardinality()),
+            num_train=num_train,
+            num_eval=num_eval,
             input_key="image",
         )
         super().__init__(info, **batching)
-        self._train = self._read_local(builder, "train")
-        self._eval = self._read_local(builder, "test")
-        self._num_local_train = int(self._train.cardinality())
-
-    def _read_local(self, builder, split: str):
-        """This process's part of `split` (as `tfds.split_for_jax_process` cuts), cached."""
-        _, tfds = _tf_and_tfds()
-        local_split = tfds.split_for_jax_process(
-            split, process_index=self.process_index, process_count=self.process_count
-        )
-        return (
-            builder.as_dataset(
-                split=local_split,
-                shuffle_files=False,
-                read_config=tfds.ReadConfig(try_autocache=False),
-            )
-            .map(_image_and_label)
-            .cache()
-        )
 
     def _train_batches(self, epoch: int, start_step: int) -> Iterator[Batch]:
-        tf, tfds = _tf_and_tfds()
-        batches = (
-            self._train.shuffle(
-                self._num_local_train,
-                seed=epoch_seed(self.seed, epoch),
-                reshuffle_each_iteration=False,
-            )
-            .batch(self.local_batch_size, drop_remainder=True)
-            .take(self.steps_per_epoch)
-            .skip(start_step)
-            .map(_model_inputs)
-            .prefetch(tf.data.AUTOTUNE)
-        )
-        return iter(tfds.as_numpy(batches))
+        rng = np.random.default_rng(epoch_seed(self.seed, epoch))
+        order = rng.permutation(num_examples(self._train))
+        size = self.local_batch_size
+        for step in range(start_step, self.steps_per_epoch):
+            yield scaled(self._train, order[step * size : (step + 1) * size])
 
     def _unpadded_eval_batches(self) -> Iterator[Batch]:
-        tf, tfds = _tf_and_tfds()
-        batches = (
-            self._eval.batch(self.local_eval_batch_size)
-            .map(_model_inputs)
-            .prefetch(tf.data.AUTOTUNE)
-        )
-        return iter(tfds.as_numpy(batches))
+        size = self.local_eval_batch_size
+        for start in range(0, num_examples(self._eval), size):
+            yield scaled(self._eval, slice(start, start + size))
 
     def train_arrays(self) -> Batch:
-        _, tfds = _tf_and_tfds()
-        whole = self._train.batch(self._num_local_train).map(_model_inputs)
-        return tfds.as_numpy(whole.get_single_element())
+        return scaled(self._train, slice(None))
+
+
+def scaled(split: Batch, index) -> Batch:
+    """Examples `index` of a uint8 split as model inputs: images float32 in [0, 1]."""
+    return {
+        "image": np.divide(split["image"][index], 255, dtype=np.float32),
+        "label": split["label"][index].astype(np.int32),
+    }
+
+
+def split_arrays(builder, split: str, process_index: int, process_count: int):
+    """(This process's part of `split` as uint8 arrays, the whole split's size): kept
+    arrays if their source files are unchanged, else read with tfds and kept."""
+    kept = _kept_path(builder, split, process_index, process_count)
+    sources = _source_files(builder)
+    arrays = _load_kept(kept, sources)
+    if arrays is None:
+        part = _tfds().split_for_jax_process(
+            split, process_index=process_index, process_count=process_count
+        )
+        arrays = _read(builder, part)
+        arrays["split_size"] = np.array(int(builder.as_dataset(split=split).cardinality()))
+        if sources:  # a real prepared dataset (tfds mock data has no files to follow)
+            _keep(kept, arrays, sources)
+    size = int(arrays.pop("split_size"))
+    return arrays, size
+
+
+def _kept_path(builder, split: str, process_index: int, process_count: int) -> Path:
+    part = "" if process_count == 1 else f"-{process_index}of{process_count}"
+    return Path(builder.data_dir) / ARRAYS_FOLDER / f"{split}{part}.npz"
+
+
+def _source_files(builder) -> list:
+    """[name, size, mtime] of the dataset's record files: what kept arrays must match."""
+    files = Path(builder.data_dir).glob(f"{builder.name}-*")
+    return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file())
+
+
+def _load_kept(path: Path, sources: list) -> dict | None:
+    """The arrays kept at `path` if they were decoded from `sources`, else None."""
+    if not sources or not path.is_file():
+        return None
+    try:
+        with np.load(path) as kept:
+            if json.loads(str(kept["sources"])) != sources:
+                return None
+            return {key: kept[key] for key in ("image", "label", "split_size")}
+    except (OSError, ValueError, KeyError):
+        return None  # unreadable: read the dataset again and keep it anew
+
+
+def _keep(path: Path, arrays: dict, sources: list) -> None:
+    """Writes `arrays` to `path` atomically; a folder that cannot be written is skipped."""
+    try:
+        path.parent.mkdir(exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        with open(partial, "wb") as file:
+            np.savez(file, sources=np.array(json.dumps(sources)), **arrays)
+        os.replace(partial, path)
+    except OSError:
+        pass  # kept arrays only save time
+
+
+def _read(builder, split) -> dict:
+    """`split` decoded by tfds into uint8 images and labels."""
+    _, tfds = _tf_and_tfds()
+    batches = builder.as_dataset(
+        split=split,
+        batch_size=READ_BATCH,
+        shuffle_files=False,
+        read_config=tfds.ReadConfig(try_autocache=False),
+    )
+    parts = [(batch["image"], batch["label"]) for batch in tfds.as_numpy(batches)]
+    images, labels = (np.concatenate(column) for column in zip(*parts, strict=True))
+    return {"image": images, "label": labels}
 
 
 def load_tfds(
