@@ -1,9 +1,10 @@
 """The only flag parsing: `python -m experiments.<name> --workdir DIR --config.key=value`.
 
-Also the only place with process-wide settings: the CPU allocator (before JAX starts) and
-the level and a filter of absl's logger (orbax logs through it). A mistake in the command
-line, the config, the data or the workdir ends in one message and exit status 2;
-`--traceback` (or JDL_TRACEBACK=1) shows where it was raised.
+Also the only place with process-wide settings: the CPU allocator (before JAX starts), JAX's
+persistent cache of compiled programs (`JDL_COMPILATION_CACHE`, default ~/.cache/jdl/jax;
+empty turns it off), and the level and a filter of absl's logger (orbax logs through it).
+A mistake in the command line, the config, the data or the workdir ends in one message and
+exit status 2; `--traceback` (or JDL_TRACEBACK=1) shows where it was raised.
 """
 
 import ast
@@ -17,6 +18,9 @@ import ml_collections
 
 USAGE_ERROR = 2
 TRACEBACK_ENV = "JDL_TRACEBACK"
+COMPILATION_CACHE_ENV = "JDL_COMPILATION_CACHE"
+DEFAULT_COMPILATION_CACHE = "~/.cache/jdl/jax"
+COMPILATION_CACHE_BYTES = 2 * 1024**3  # the least recently used programs go beyond this
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
 
 
@@ -82,6 +86,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, job: Job | None = Non
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     logging.get_absl_logger().addFilter(_QuietUnrankedSaves())
+    use_compilation_cache()
     try:
         if job is None:
             train_and_evaluate(validate_config(config), workdir)
@@ -90,6 +95,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, job: Job | None = Non
     except PreemptedError as preempted:
         print(preempted, file=sys.stderr)
         sys.exit(PREEMPTED_EXIT_CODE)
+
+
+def use_compilation_cache() -> None:
+    """JAX's persistent cache of compiled programs, so that a command run again skips most
+    of its compiling (8-10 s for the documents' CNN on 2 cores, ~40 s for the DCGAN).
+    `JDL_COMPILATION_CACHE` names the folder, empty turns it off; a config's own
+    `compilation_cache_dir` takes over for its run."""
+    directory = os.environ.get(COMPILATION_CACHE_ENV, DEFAULT_COMPILATION_CACHE)
+    if not directory:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # jdl's are quick
+    jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
 
 
 def help_text(get_config: Callable) -> str:

@@ -44,7 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.coordinator_address = ml_collections.FieldReference(None, field_type=str)  # "host:port"
     c.num_processes = ml_collections.FieldReference(None, field_type=int)  # processes in all
     c.process_id = ml_collections.FieldReference(None, field_type=int)  # this one's, from 0
-    # Compiled programs saved across runs (jax's persistent cache); None disables.
+    # Compiled programs saved across runs (jax's persistent cache); None: none from the library,
+    # and the experiment command line's own (JDL_COMPILATION_CACHE, default ~/.cache/jdl/jax).
     c.compilation_cache_dir = ml_collections.FieldReference(None, field_type=str)
     c.time_budget_s = 0.0  # stop and save before this many seconds have passed; 0: no limit
     # Reporting and checkpoints (intervals in steps; both also happen at every epoch's end).

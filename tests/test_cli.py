@@ -126,3 +126,25 @@ def test_a_failed_download_is_quiet_and_leaves_only_what_was_there(tmp_path, cap
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["cifar10", "downloads", "earlier.gz"]
     assert capsys.readouterr() == ("", "")
     assert not [r for r in caplog.records if r.name.startswith("urllib3")]
+
+
+SHORT = ("--config.num_steps=10", "--config.log_every=5")
+
+
+def test_commands_keep_compiled_programs_for_the_next_run(tmp_path):
+    home = tmp_path / "home"
+    fonts = {"MPLCONFIGDIR": str(tmp_path / "matplotlib")}  # built once, not per home
+    env = {"HOME": str(home), "JDL_COMPILATION_CACHE": "~/.cache/jdl/jax", **fonts}
+    first = run_experiment("binary_mlp", f"--workdir={tmp_path / 'a'}", *SHORT, **env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    cache = home / ".cache" / "jdl" / "jax"
+    programs = sorted(path.name for path in cache.iterdir())
+    assert programs  # the run's compiled programs
+    second = run_experiment("binary_mlp", f"--workdir={tmp_path / 'b'}", *SHORT, **env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert sorted(path.name for path in cache.iterdir()) == programs  # all read, none new
+    # The tests' JDL_COMPILATION_CACHE="" turns the cache off.
+    off_home = tmp_path / "h2"
+    off_env = {"HOME": str(off_home), **fonts}
+    off = run_experiment("binary_mlp", f"--workdir={tmp_path / 'c'}", *SHORT, **off_env)
+    assert off.returncode == 0 and not (off_home / ".cache" / "jdl").exists()
