@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -227,7 +228,7 @@ def _load_kept(path: Path, sources: list) -> dict | None:
             if json.loads(str(kept["sources"])) != sources:
                 return None
             return {key: kept[key] for key in ("image", "label", "split_size")}
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None  # unreadable: read the dataset again and keep it anew
 
 
