@@ -107,8 +107,9 @@ def use_compilation_cache() -> None:
         return
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # jdl's are quick
+    from jdl.loop import use_compilation_cache as use_cache
+
+    use_cache(os.path.expanduser(directory))
     jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
 
 

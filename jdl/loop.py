@@ -76,8 +76,13 @@ def _start_process(config: ml_collections.ConfigDict) -> None:
         config.distributed, config.coordinator_address, config.num_processes, config.process_id
     )
     if config.compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # jdl's are quick
+        use_compilation_cache(config.compilation_cache_dir)
+
+
+def use_compilation_cache(directory: str) -> None:
+    """JAX's persistent cache of compiled programs in `directory`, every program kept."""
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # jdl's are quick
 
 
 def train_and_evaluate(
