@@ -16,7 +16,6 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax.linen.dtypes import promote_dtype
 from flax.linen.linear import PaddingLike, canonicalize_padding
 from jax import lax
@@ -60,13 +59,14 @@ def _patches(x_BxHxWxC, kernel_size, strides, input_hw):
     return jnp.concatenate(windows, axis=-1)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def sum_of_windows(patches_BxHxWxK, kernel_size, strides, input_hw) -> jax.Array:
     """The transpose of `image_patches` (col2im): each window added back where it came from.
 
     One row offset at a time: its kw column windows are spread (interior padding for the
     stride) and padded along the width, then added; then the kh row sums along the height.
     Written out because XLA:CPU runs autodiff's own (every padded slice written to memory,
-    then added) about 2.5 ms per documents' CNN step slower.
+    then added) about 2.5 ms per documents' CNN step slower. Its gradient is the patches.
     """
     (kh, kw), (sh, sw), (h, w) = kernel_size, strides, input_hw
     b, out_h, out_w, k = patches_BxHxWxK.shape
@@ -81,11 +81,19 @@ def sum_of_windows(patches_BxHxWxK, kernel_size, strides, input_hw) -> jax.Array
     return sum(place(row, 1, i, h, sh) for i, row in enumerate(rows))
 
 
+# Each is the other's transpose, so either's gradient is the other.
 _patches.defvjp(
     lambda x, kernel_size, strides, input_hw: (_patches(x, kernel_size, strides, input_hw), None),
     lambda kernel_size, strides, input_hw, _, g: (
         sum_of_windows(g, kernel_size, strides, input_hw),
     ),
+)
+sum_of_windows.defvjp(
+    lambda p, kernel_size, strides, input_hw: (
+        sum_of_windows(p, kernel_size, strides, input_hw),
+        None,
+    ),
+    lambda kernel_size, strides, input_hw, _, g: (_patches(g, kernel_size, strides, input_hw),),
 )
 
 
@@ -125,56 +133,29 @@ def _pad(x_BxHxWxC: jax.Array, pads: Pads) -> jax.Array:
     return lax.pad(x_BxHxWxC, jnp.zeros((), x_BxHxWxC.dtype), config)
 
 
-# --- transposed convolution as sub-pixel convolution -----------------------------------------
-def subpixel_taps(k: int, s: int, before: int) -> tuple[int, np.ndarray]:
-    """First input offset and the kernel tap [window, phase] of one axis (k: no tap).
-
-    A stride-s transposed convolution convolves the input dilated by s (s - 1 zeros between
-    values). Output s * m + r sees input m + e through tap s * e - r + before; so each
-    phase r is a stride-1 convolution of the undilated input with its own taps, and all
-    s phases together are one stride-1 convolution with s times the filters.
-    """
-    offsets = [
-        (r + t - before) // s for r in range(s) for t in range(k) if (r + t - before) % s == 0
-    ]
-    first, window = min(offsets), max(offsets) - min(offsets) + 1
-    taps = np.array([[s * (first + a) - r + before for r in range(s)] for a in range(window)])
-    return first, np.where((taps >= 0) & (taps < k), taps, k)
-
-
-def subpixel_kernel(kernel_HxWxCxF: jax.Array, row_taps, col_taps) -> jax.Array:
-    """[kh, kw, C, F] -> [wh * ww * C, sh * sw * F]: the phases' taps, zeros where none."""
-    padded = jnp.pad(kernel_HxWxCxF, ((0, 1), (0, 1), (0, 0), (0, 0)))  # tap k reads zeros
-    taps = padded[row_taps[:, None, :, None], col_taps[None, :, None, :]]  # [wh,ww,sh,sw,C,F]
-    wh, ww, sh, sw, c, f = taps.shape
-    return taps.transpose(0, 1, 4, 2, 3, 5).reshape(wh * ww * c, sh * sw * f)
-
-
+# --- transposed convolution as a matmul and a sum of windows ------------------------------
 def conv_transpose_as_matmul(x_BxHxWxC, kernel_HxWxCxF, strides, pads: Pads) -> jax.Array:
-    """`lax.conv_transpose` (kernel not flipped) as one patch matmul and a depth-to-space."""
-    b, *input_hw, _ = x_BxHxWxC.shape
-    kernel_hw, features = kernel_HxWxCxF.shape[:2], kernel_HxWxCxF.shape[-1]
-    firsts, taps, out_hw, phases_hw, window_hw = [], [], [], [], []
-    for n, k, s, (lo, hi) in zip(input_hw, kernel_hw, strides, pads, strict=True):
-        first, axis_taps = subpixel_taps(k, s, lo)
-        size = s * (n - 1) + 1 + lo + hi - k + 1
-        firsts.append(first)
-        taps.append(axis_taps)
-        out_hw.append(size)
-        phases_hw.append(-(-size // s))
-        window_hw.append(len(axis_taps))
-    # Input rows first .. phases - 1 + first + window - 1, zeros outside the image.
-    x = _pad(
-        x_BxHxWxC,
-        [
-            (-f, m + f + w - 1 - n)
-            for f, m, w, n in zip(firsts, phases_hw, window_hw, input_hw, strict=True)
-        ],
+    """`lax.conv_transpose` (kernel not flipped) as one matmul and a sum of windows.
+
+    The transposed convolution sends input pixel m, through tap t, to output
+    s * m + before - t: so each pixel times the flipped kernel is a kh x kw window of
+    outputs, the windows lie `stride` apart, and their sum (`sum_of_windows`, the transpose
+    of the patches) cropped to the padding is the output. Exactly the convolution's
+    multiply-adds (a sub-pixel patch matmul does up to (ceil(k / s) * s / k)^2 times more),
+    and the product holds kh * kw * F values per input pixel.
+    """
+    _, *input_hw, channels = x_BxHxWxC.shape
+    kernel_hw = kernel_HxWxCxF.shape[:2]
+    flipped = kernel_HxWxCxF[::-1, ::-1].transpose(2, 0, 1, 3)
+    full_hw = tuple(s * (n - 1) + k for n, k, s in zip(input_hw, kernel_hw, strides, strict=True))
+    y = sum_of_windows(
+        x_BxHxWxC @ flipped.reshape(channels, -1), tuple(kernel_hw), tuple(strides), full_hw
     )
-    y = image_patches(x, window_hw) @ subpixel_kernel(kernel_HxWxCxF, *taps)
-    (mh, mw), (sh, sw) = phases_hw, strides
-    y = y.reshape(b, mh, mw, sh, sw, features).transpose(0, 1, 3, 2, 4, 5)
-    return y.reshape(b, mh * sh, mw * sw, features)[:, : out_hw[0], : out_hw[1]]
+    crops = []
+    for n, k, s, (lo, hi), full in zip(input_hw, kernel_hw, strides, pads, full_hw, strict=True):
+        size = s * (n - 1) + 1 + lo + hi - k + 1
+        crops.append((lo - (k - 1), k - 1 - lo + size - full))
+    return _pad(y, crops)
 
 
 # --- layers ----------------------------------------------------------------------------------
@@ -216,7 +197,7 @@ class PatchConv(_PatchLayer):
 
 
 class PatchConvTranspose(_PatchLayer):
-    """`nn.ConvTranspose` (2-D, kernel not flipped) as one patch matmul (sub-pixel form)."""
+    """`nn.ConvTranspose` (2-D, kernel not flipped) as one matmul and a sum of windows."""
 
     def linear_map(self, x_BxHxWxC, kernel_HxWxCxF):
         pads = transpose_pads(self.padding, self.kernel_size, self.strides)
