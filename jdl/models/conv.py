@@ -140,22 +140,21 @@ def conv_transpose_as_matmul(x_BxHxWxC, kernel_HxWxCxF, strides, pads: Pads) -> 
     The transposed convolution sends input pixel m, through tap t, to output
     s * m + before - t: so each pixel times the flipped kernel is a kh x kw window of
     outputs, the windows lie `stride` apart, and their sum (`sum_of_windows`, the transpose
-    of the patches) cropped to the padding is the output. Exactly the convolution's
-    multiply-adds (a sub-pixel patch matmul does up to (ceil(k / s) * s / k)^2 times more),
-    and the product holds kh * kw * F values per input pixel.
+    of the patches) is the transposed convolution padded by k - 1 on both sides; cropping
+    or padding that to `pads` gives the output. Exactly the convolution's multiply-adds (a
+    sub-pixel patch matmul does up to (ceil(k / s) * s / k)^2 times more), and the product
+    holds kh * kw * F values per input pixel.
     """
     _, *input_hw, channels = x_BxHxWxC.shape
     kernel_hw = kernel_HxWxCxF.shape[:2]
     flipped = kernel_HxWxCxF[::-1, ::-1].transpose(2, 0, 1, 3)
-    full_hw = tuple(s * (n - 1) + k for n, k, s in zip(input_hw, kernel_hw, strides, strict=True))
+    full_hw = tuple(
+        _span(n, s) + k - 1 for n, k, s in zip(input_hw, kernel_hw, strides, strict=True)
+    )
     y = sum_of_windows(
         x_BxHxWxC @ flipped.reshape(channels, -1), tuple(kernel_hw), tuple(strides), full_hw
     )
-    crops = []
-    for n, k, s, (lo, hi), full in zip(input_hw, kernel_hw, strides, pads, full_hw, strict=True):
-        size = s * (n - 1) + 1 + lo + hi - k + 1
-        crops.append((lo - (k - 1), k - 1 - lo + size - full))
-    return _pad(y, crops)
+    return _pad(y, [(lo - k + 1, hi - k + 1) for k, (lo, hi) in zip(kernel_hw, pads, strict=True)])
 
 
 # --- layers ----------------------------------------------------------------------------------
