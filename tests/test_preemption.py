@@ -66,12 +66,17 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path):
     uninterrupted = start(tmp_path / "full", "--config.num_epochs=3")
     assert uninterrupted.wait(timeout=120) == 0
 
-    kill_at = random.Random(os.getpid()).randint(5, 3 * 44 - 5)
-    run = start(tmp_path / "cut", "--config.num_epochs=3", "--config.checkpoint_every=7")
+    checkpoint_every = 7  # the kill comes after the first checkpoint, so there is one to resume
+    kill_at = random.Random(os.getpid()).randint(checkpoint_every + 1, 3 * 44 - 5)
+    run = start(
+        tmp_path / "cut", "--config.num_epochs=3", f"--config.checkpoint_every={checkpoint_every}"
+    )
     wait_for_step(tmp_path / "cut", kill_at, run)
     run.kill()
     run.wait()
-    resumed = start(tmp_path / "cut", "--config.num_epochs=3", "--config.checkpoint_every=7")
+    resumed = start(
+        tmp_path / "cut", "--config.num_epochs=3", f"--config.checkpoint_every={checkpoint_every}"
+    )
     stdout, stderr = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, stderr
     assert "Resumed from" in stdout, f"killed at step {kill_at} before any checkpoint"
