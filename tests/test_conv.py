@@ -108,3 +108,71 @@ def test_dcgan_runs_as_matmuls_on_cpu_with_the_variables_of_flax_layers(network)
     np.testing.assert_allclose(*outputs, atol=1e-5)
     assert "conv_general_dilated" not in str(jax.make_jaxpr(auto.apply)(variables, x))
     assert "conv_general_dilated" in str(jax.make_jaxpr(xla.apply)(variables, x))
+
+
+@pytest.mark.parametrize(("shape", "features", "kernel", "strides", "padding"), SHAPES)
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [(PatchConv, nn.Conv), (PatchConvTranspose, nn.ConvTranspose)]
+)
+def test_per_tap_matmuls_equal_flax_layers(
+    monkeypatch, ours, theirs, shape, features, kernel, strides, padding
+):
+    # Every layer per tap.
+    monkeypatch.setattr(conv_module, "TAP_MATMUL_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_module, "TAP_MATMUL_MAX_IN_IMAGE_SHARE", 1.0)
+    x = jax.random.normal(jax.random.key(1), (2, *shape))
+    assert_same_layer(
+        ours(features, kernel, strides, padding), theirs(features, kernel, strides, padding), x
+    )
+
+
+def multiply_adds(jaxpr) -> int:
+    """Multiply-adds of the matmuls in a jaxpr, nested ones (jit, custom_vjp) included."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs, out = eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape
+            total += int(np.prod(out)) * int(np.prod([lhs[d] for d in contract]))
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                total += multiply_adds(inner)
+    return total
+
+
+def in_bounds_taps(in_size, out_size, kernel, stride, before, transpose) -> int:
+    """(output, tap) pairs whose input pixel lies in the image, counted one by one."""
+    if transpose:  # input m reaches output stride * m + before - t
+        return sum(
+            0 <= stride * m + before - t < out_size for m in range(in_size) for t in range(kernel)
+        )
+    return sum(
+        0 <= stride * o + t - before < in_size for o in range(out_size) for t in range(kernel)
+    )
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_per_tap_matmuls_multiply_no_padding(transpose):
+    """The DCGAN's 7x7 layer: only in-image products, 69 % of the patch matmul's."""
+    layer = (PatchConvTranspose if transpose else PatchConv)(128, (5, 5), padding="SAME")
+    x = jnp.ones((2, 7, 7, 128))
+    variables = jax.eval_shape(layer.init, jax.random.key(0), x)
+    pairs = in_bounds_taps(7, 7, 5, 1, 2, transpose) ** 2
+    assert multiply_adds(jax.make_jaxpr(layer.apply)(variables, x).jaxpr) == 2 * pairs * 128 * 128
+    assert pairs / (7 * 7 * 25) == pytest.approx(0.69, abs=0.01)
+
+
+def test_only_wide_layers_on_small_maps_run_per_tap():
+    def runs_per_tap(layer, hw, channels):
+        x = jnp.ones((1, *hw, channels))
+        return str(jax.make_jaxpr(layer.init)(jax.random.key(0), x)).count("dot_general") > 1
+
+    def dcgan_layer(transpose, strides=(2, 2)):
+        return (PatchConvTranspose if transpose else PatchConv)(128, (5, 5), strides)
+
+    assert runs_per_tap(dcgan_layer(True, (1, 1)), (7, 7), 256)  # the generator's 7x7 layer
+    assert runs_per_tap(dcgan_layer(False), (7, 7), 128)  # the discriminator's last
+    assert not runs_per_tap(dcgan_layer(False), (14, 14), 64)  # too few channels
+    assert not runs_per_tap(dcgan_layer(False, (1, 1)), (14, 14), 128)  # 84 % in the image
+    assert not runs_per_tap(PatchConv(128, (3, 3)), (32, 32), 128)

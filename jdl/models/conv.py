@@ -2,16 +2,19 @@
 
 XLA:CPU runs its own convolutions far below matmul speed, strided and transposed ones and
 weight gradients worst, and ~15x slower again inside a loop body (`lax.scan`: K steps or
-an epoch per call); matmuls have neither problem. `PatchConv` and `PatchConvTranspose`
-have the parameters (names, shapes, initial values) and outputs of `nn.Conv` and
-`nn.ConvTranspose`, so checkpoints move between them. `conv` / `conv_transpose` pick them
-on CPU (`conv_impl="auto"`) and flax's layers on GPUs and TPUs, which run native
-convolutions better. Reverse mode only: the patches' gradient is a `custom_vjp`, so
-`jax.jvp` / `jax.jacfwd` through them fail; use `conv_impl="xla"` there.
+an epoch per call); matmuls have neither problem. Layers with many channels on small maps,
+where much of a patch is zero padding, run one matmul per kernel tap over the pixels it
+reaches instead (`tap_matmuls`). `PatchConv` and `PatchConvTranspose` have the parameters
+(names, shapes, initial values) and outputs of `nn.Conv` and `nn.ConvTranspose`, so
+checkpoints move between them. `conv` / `conv_transpose` pick them on CPU
+(`conv_impl="auto"`) and flax's layers on GPUs and TPUs, which run native convolutions
+better. Reverse mode only: the gradients are `custom_vjp`s, so `jax.jvp` / `jax.jacfwd`
+through them fail; use `conv_impl="xla"` there.
 """
 
 import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -157,6 +160,178 @@ def conv_transpose_as_matmul(x_BxHxWxC, kernel_HxWxCxF, strides, pads: Pads) -> 
     return _pad(y, [(lo - k + 1, hi - k + 1) for k, (lo, hi) in zip(kernel_hw, pads, strict=True)])
 
 
+# --- one matmul per kernel tap, over the outputs it reaches ----------------------------------
+class TapRange(NamedTuple):
+    """Along one spatial axis, what one kernel tap reads and writes: `count` input
+    positions from `read_start`, `read_stride` apart, to as many outputs from
+    `write_start`, `write_stride` apart. Positions in the padding are left out."""
+
+    read_start: int
+    read_stride: int
+    write_start: int
+    write_stride: int
+    count: int
+
+    def swapped(self) -> "TapRange":
+        """The same pairs read the other way round (the transpose's range)."""
+        return TapRange(
+            self.write_start, self.write_stride, self.read_start, self.read_stride, self.count
+        )
+
+
+class AxisTaps(NamedTuple):
+    """One spatial axis of a convolution, tap by tap."""
+
+    out_size: int
+    ranges: tuple[TapRange, ...]
+    dense_products: int  # the one-matmul form's products: every tap at every pixel
+
+    @property
+    def in_image_share(self) -> float:
+        """The share of `dense_products` that does not multiply the zero padding."""
+        return sum(r.count for r in self.ranges) / self.dense_products
+
+
+def conv_axis_taps(in_size, kernel, stride, pads) -> AxisTaps:
+    """`nn.Conv` along one axis: output o reads input stride * o + t - before through tap t."""
+    before, after = pads
+    out_size = (in_size + before + after - kernel) // stride + 1
+    ranges = []
+    for t in range(kernel):
+        first = max(0, -(-(before - t) // stride))
+        end = min(out_size, -(-(in_size + before - t) // stride))
+        ranges.append(TapRange(stride * first + t - before, stride, first, 1, max(0, end - first)))
+    return AxisTaps(out_size, tuple(ranges), out_size * kernel)
+
+
+def transpose_axis_taps(in_size, kernel, stride, pads) -> AxisTaps:
+    """`nn.ConvTranspose` along one axis: input m reaches output stride * m + before - t."""
+    before, after = pads
+    out_size = _span(in_size, stride) + before + after - kernel + 1
+    ranges = []
+    for t in range(kernel):
+        first = max(0, -(-(t - before) // stride))
+        end = min(in_size, (out_size - 1 + t - before) // stride + 1)
+        ranges.append(TapRange(first, 1, stride * first + before - t, stride, max(0, end - first)))
+    return AxisTaps(out_size, tuple(ranges), in_size * kernel)
+
+
+def _read(x_BxHxWxC, rows: TapRange, cols: TapRange) -> jax.Array:
+    return x_BxHxWxC[
+        :,
+        rows.read_start : rows.read_start + _span(rows.count, rows.read_stride) : rows.read_stride,
+        cols.read_start : cols.read_start + _span(cols.count, cols.read_stride) : cols.read_stride,
+    ]
+
+
+def _write(y_BxHxWxF, rows: TapRange, cols: TapRange, out_hw) -> jax.Array:
+    """`y` zero-padded to `out_hw`, its values at the outputs the tap reaches."""
+    config = [(0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)]
+    for axis, r, size in ((1, rows, out_hw[0]), (2, cols, out_hw[1])):
+        after = size - r.write_start - _span(r.count, r.write_stride)
+        config[axis] = (r.write_start, after, r.write_stride - 1)
+    return lax.pad(y_BxHxWxF, jnp.zeros((), y_BxHxWxF.dtype), config)
+
+
+def _live_taps(row_ranges, col_ranges):
+    return [
+        (i, j, rows, cols)
+        for i, rows in enumerate(row_ranges)
+        for j, cols in enumerate(col_ranges)
+        if rows.count and cols.count
+    ]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def tap_matmuls(x_BxHxWxC, kernel_HxWxCxF, row_ranges, col_ranges, out_hw) -> jax.Array:
+    """A convolution as a sum over kernel taps of (input it reads) @ (its [C, F] slice).
+
+    Each tap multiplies only the pixels it reaches, so no product of the zero padding is
+    computed: on a 7x7 map a 5x5 SAME layer does 69 % of the patch matmul's multiply-adds.
+    The gradients are the same sum read the other way round (input) and one [C, F] matmul
+    per tap (kernel).
+    """
+    b, f = x_BxHxWxC.shape[0], kernel_HxWxCxF.shape[-1]
+    taps = _live_taps(row_ranges, col_ranges)
+    if not taps:
+        return jnp.zeros((b, *out_hw, f), jnp.result_type(x_BxHxWxC, kernel_HxWxCxF))
+    return sum(
+        _write(_read(x_BxHxWxC, rows, cols) @ kernel_HxWxCxF[i, j], rows, cols, out_hw)
+        for i, j, rows, cols in taps
+    )
+
+
+def _tap_kernel_gradient(x_BxHxWxC, g_BxHxWxF, kernel_shape, row_ranges, col_ranges):
+    """Per tap, (outputs' gradient)^T @ (input it reads) [F, C], transposed: XLA:CPU runs
+    that orientation faster than the [C, F] one."""
+    live = {(i, j): (rows, cols) for i, j, rows, cols in _live_taps(row_ranges, col_ranges)}
+    kh, kw, c, f = kernel_shape
+
+    def tap(i, j):
+        if (i, j) not in live:
+            return jnp.zeros((f, c), g_BxHxWxF.dtype)
+        rows, cols = live[i, j]
+        xs = _read(x_BxHxWxC, rows, cols).reshape(-1, c)
+        gs = _read(g_BxHxWxF, rows.swapped(), cols.swapped()).reshape(-1, f)
+        return gs.T @ xs
+
+    return (
+        jnp.stack([tap(i, j) for i in range(kh) for j in range(kw)])
+        .reshape(kh, kw, f, c)
+        .transpose(0, 1, 3, 2)
+    )
+
+
+def _tap_matmuls_fwd(x, kernel, row_ranges, col_ranges, out_hw):
+    return tap_matmuls(x, kernel, row_ranges, col_ranges, out_hw), (x, kernel)
+
+
+def _tap_matmuls_bwd(row_ranges, col_ranges, out_hw, residuals, g):
+    x, kernel = residuals
+    dx = tap_matmuls(
+        g,
+        kernel.transpose(0, 1, 3, 2),
+        tuple(r.swapped() for r in row_ranges),
+        tuple(r.swapped() for r in col_ranges),
+        x.shape[1:3],
+    )
+    return dx, _tap_kernel_gradient(x, g, kernel.shape, row_ranges, col_ranges)
+
+
+tap_matmuls.defvjp(_tap_matmuls_fwd, _tap_matmuls_bwd)
+
+
+def axes_taps(x_shape, kernel_size, strides, pads: Pads, axis_taps) -> tuple[AxisTaps, AxisTaps]:
+    """Both spatial axes: `axis_taps` is `conv_axis_taps` or `transpose_axis_taps`."""
+    sizes = zip(x_shape[1:3], kernel_size, strides, pads, strict=True)
+    return tuple(axis_taps(*size) for size in sizes)
+
+
+def tap_conv(x_BxHxWxC, kernel_HxWxCxF, rows: AxisTaps, cols: AxisTaps) -> jax.Array:
+    """The convolution that `rows` and `cols` describe, as `tap_matmuls`."""
+    out_hw = (rows.out_size, cols.out_size)
+    return tap_matmuls(x_BxHxWxC, kernel_HxWxCxF, rows.ranges, cols.ranges, out_hw)
+
+
+# Per-tap matmuls are [pixels, C] @ [C, F] ([F, C] in the gradient): well below one patch
+# matmul's speed on XLA:CPU unless both channel counts are large, so they pay only where they
+# skip much padding. Forward + backward at batch 128 against the patch form: 5x5 on 7x7 maps
+# (69 % of the products in the image) 256 -> 128 level, 128 -> 256 stride 2 faster, the DCGAN
+# step 10 % faster; 5x5 on 14x14 and 3x3 on 16x16 (84-88 %), 128 -> 128, 15-50 % slower;
+# 64 -> 128 and 128 -> 64 slower on every map.
+TAP_MATMUL_MIN_CHANNELS = 128
+TAP_MATMUL_MAX_IN_IMAGE_SHARE = 0.8
+
+
+def per_tap(channels: int, features: int, rows: AxisTaps, cols: AxisTaps) -> bool:
+    """Whether a layer runs as `tap_matmuls` rather than as one patch matmul."""
+    share = rows.in_image_share * cols.in_image_share
+    return (
+        min(channels, features) >= TAP_MATMUL_MIN_CHANNELS
+        and share <= TAP_MATMUL_MAX_IN_IMAGE_SHARE
+    )
+
+
 # --- layers ----------------------------------------------------------------------------------
 class _PatchLayer(nn.Module):
     """The fields, parameters and bias of flax's 2-D conv layers; subclasses give the
@@ -187,19 +362,27 @@ class _PatchLayer(nn.Module):
 
 
 class PatchConv(_PatchLayer):
-    """`nn.Conv` (2-D, no dilation or groups) computed as one matmul over image patches."""
+    """`nn.Conv` (2-D, no dilation or groups) as one matmul over image patches, or, with
+    many channels on a small map, one matmul per kernel tap (`tap_matmuls`)."""
 
     def linear_map(self, x_BxHxWxC, kernel_HxWxCxF):
         pads = conv_pads(self.padding, x_BxHxWxC.shape[1:3], self.kernel_size, self.strides)
+        taps = axes_taps(x_BxHxWxC.shape, self.kernel_size, self.strides, pads, conv_axis_taps)
+        if per_tap(x_BxHxWxC.shape[-1], self.features, *taps):
+            return tap_conv(x_BxHxWxC, kernel_HxWxCxF, *taps)
         patches = image_patches(_pad(x_BxHxWxC, pads), self.kernel_size, self.strides)
         return patches @ kernel_HxWxCxF.reshape(-1, self.features)
 
 
 class PatchConvTranspose(_PatchLayer):
-    """`nn.ConvTranspose` (2-D, kernel not flipped) as one matmul and a sum of windows."""
+    """`nn.ConvTranspose` (2-D, kernel not flipped) as one matmul and a sum of windows, or,
+    with many channels on a small map, one matmul per kernel tap (`tap_matmuls`)."""
 
     def linear_map(self, x_BxHxWxC, kernel_HxWxCxF):
         pads = transpose_pads(self.padding, self.kernel_size, self.strides)
+        taps = axes_taps(x_BxHxWxC.shape, self.kernel_size, self.strides, pads, transpose_axis_taps)
+        if per_tap(x_BxHxWxC.shape[-1], self.features, *taps):
+            return tap_conv(x_BxHxWxC, kernel_HxWxCxF, *taps)
         return conv_transpose_as_matmul(x_BxHxWxC, kernel_HxWxCxF, self.strides, pads)
 
 
