@@ -110,7 +110,11 @@ def test_dcgan_runs_as_matmuls_on_cpu_with_the_variables_of_flax_layers(network)
     assert "conv_general_dilated" in str(jax.make_jaxpr(xla.apply)(variables, x))
 
 
-@pytest.mark.parametrize(("shape", "features", "kernel", "strides", "padding"), SHAPES)
+# Padded cases only: SAME stride 1 and 2, unequal kernels and strides, more padding than the
+# kernel spans (without padding every tap reads every pixel).
+@pytest.mark.parametrize(
+    ("shape", "features", "kernel", "strides", "padding"), [SHAPES[i] for i in (2, 4, 6, 7)]
+)
 @pytest.mark.parametrize(
     ("ours", "theirs"), [(PatchConv, nn.Conv), (PatchConvTranspose, nn.ConvTranspose)]
 )
