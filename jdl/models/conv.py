@@ -172,6 +172,13 @@ class TapRange(NamedTuple):
     write_stride: int
     count: int
 
+    @property
+    def reads(self) -> slice:
+        """The input positions read, as a slice."""
+        return slice(
+            self.read_start, self.read_start + _span(self.count, self.read_stride), self.read_stride
+        )
+
     def swapped(self) -> "TapRange":
         """The same pairs read the other way round (the transpose's range)."""
         return TapRange(
@@ -217,11 +224,7 @@ def transpose_axis_taps(in_size, kernel, stride, pads) -> AxisTaps:
 
 
 def _read(x_BxHxWxC, rows: TapRange, cols: TapRange) -> jax.Array:
-    return x_BxHxWxC[
-        :,
-        rows.read_start : rows.read_start + _span(rows.count, rows.read_stride) : rows.read_stride,
-        cols.read_start : cols.read_start + _span(cols.count, cols.read_stride) : cols.read_stride,
-    ]
+    return x_BxHxWxC[:, rows.reads, cols.reads]
 
 
 def _write(y_BxHxWxF, rows: TapRange, cols: TapRange, out_hw) -> jax.Array:
@@ -248,8 +251,8 @@ def tap_matmuls(x_BxHxWxC, kernel_HxWxCxF, row_ranges, col_ranges, out_hw) -> ja
 
     Each tap multiplies only the pixels it reaches, so no product of the zero padding is
     computed: on a 7x7 map a 5x5 SAME layer does 69 % of the patch matmul's multiply-adds.
-    The gradients are the same sum read the other way round (input) and one [C, F] matmul
-    per tap (kernel).
+    The gradients are the same sum read the other way round (input) and one matmul per tap
+    (kernel).
     """
     b, f = x_BxHxWxC.shape[0], kernel_HxWxCxF.shape[-1]
     taps = _live_taps(row_ranges, col_ranges)
