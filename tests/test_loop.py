@@ -32,9 +32,31 @@ def test_quickstart_reaches_real_accuracy_and_fills_the_workdir(tmp_path):
     train_losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert train_losses[-1] < 0.5 * train_losses[0]
     assert (tmp_path / "curves.png").stat().st_size > 10_000
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert tensorboard_scalars(tmp_path / "tensorboard") == jsonl_scalars(records)
     with Checkpointer(tmp_path / "checkpoints") as checkpointer:
         assert checkpointer.latest_step() == result.metrics["step"] == 40 * (1437 // 32)
+
+
+def tensorboard_scalars(logdir) -> dict:
+    """{(step, tag): value} of every scalar in the TensorBoard event files under `logdir`."""
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    scalars = {}
+    for path in logdir.glob("events.out.tfevents.*"):
+        for event in LegacyEventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                scalars[event.step, value.tag] = value.simple_value
+    return scalars
+
+
+def jsonl_scalars(records: list[dict]) -> dict:
+    """The same mapping from metrics.jsonl records, rounded to float32 as TensorBoard keeps them."""
+    return {
+        (r["step"], name): float(np.float32(value))
+        for r in records
+        for name, value in r.items()
+        if name not in ("step", "epoch")
+    }
 
 
 def test_evaluate_counts_every_example_once():
