@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from benchmarks import dcgan_peers
+from jdl.loop import use_cpu_devices
 from jdl.models import build_model
 from jdl.parallel import MODES, Strategy
 from jdl.parallel.allocator import ENV_VAR as KEEP_FREED_MEMORY_ENV_VAR
@@ -516,6 +517,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="resident data of the on-device epoch; 0: all (MLP), 8192 (CNN), 1024 (DCGAN)",
     )
     parser.add_argument("--out", default="benchmarks/results.json", help="JSON results path")
+    parser.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=0,
+        help="the CPU as N JAX devices for the sharded and pmap rows (config.cpu_devices)",
+    )
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--skip-keras", action="store_true")
     args = parser.parse_args(argv)
@@ -529,6 +536,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     keep_freed_memory()  # before JAX starts its threads, as the experiments' CLI does
     args = parse_args(argv)
+    if args.cpu_devices:
+        use_cpu_devices(args.cpu_devices)  # before JAX's first operation, as the CLI applies it
     info = machine()
     if info["load_avg_1min_at_start"] > 0.5:
         print(
