@@ -1,0 +1,252 @@
+"""How fast the DCGAN's convolutions could run as matmuls on XLA:CPU, against PyTorch's.
+
+    python -m benchmarks.conv_ceiling                  # batch 128, 5 rounds
+    python -m benchmarks.conv_ceiling --rounds 8 --out /tmp/ceiling.json
+
+jdl runs every DCGAN convolution on CPU as matmuls (`jdl.models.conv`). Whatever the
+formulation, such a layer cannot beat its bare matmuls. This script times, per layer of
+`experiments.dcgan` (forward, input gradient and kernel gradient): the bare XLA dots of the
+one-matmul form with their operands ready, scaled down to the products that do not
+multiply zero padding (the floor of any matmul formulation: no patches, no window sums, no
+wasted taps); jdl's layer; and PyTorch's `Conv2d` / `ConvTranspose2d` (oneDNN). It then adds
+the floors up over one DCGAN step (how often each pass of each layer runs in it) and times
+both whole steps. Everything is timed in one process, the libraries alternating round by
+round, the best round kept. A benchmark script, not a test.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import dcgan_peers
+from benchmarks.train_speed import machine
+from jdl.models.conv import (
+    PatchConv,
+    PatchConvTranspose,
+    axes_taps,
+    conv_axis_taps,
+    conv_pads,
+    transpose_axis_taps,
+    transpose_pads,
+)
+from jdl.parallel.allocator import keep_freed_memory
+
+KERNEL = (5, 5)
+PASSES = ("forward", "input grad", "kernel grad")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One DCGAN convolution (5x5, SAME) and how often each of its passes runs in a step."""
+
+    name: str
+    transposed: bool
+    in_size: int
+    channels: int
+    features: int
+    stride: int
+    runs_per_step: tuple[int, int, int]  # forward, input gradient, kernel gradient
+
+    def module(self):
+        cls = PatchConvTranspose if self.transposed else PatchConv
+        return cls(self.features, KERNEL, (self.stride,) * 2, "SAME", use_bias=False)
+
+    def taps(self, batch: int):
+        shape = (batch, self.in_size, self.in_size, self.channels)
+        if self.transposed:
+            pads = transpose_pads("SAME", KERNEL, (self.stride,) * 2)
+            return axes_taps(shape, KERNEL, (self.stride,) * 2, pads, transpose_axis_taps)
+        pads = conv_pads("SAME", (self.in_size,) * 2, KERNEL, (self.stride,) * 2)
+        return axes_taps(shape, KERNEL, (self.stride,) * 2, pads, conv_axis_taps)
+
+
+# Per step the generator runs forward twice (fakes for D, then its own update) and backward
+# once; D runs forward on real, fake and (in G's update) fake again, its kernel gradient
+# for the first two, its input gradient wherever a gradient flows through (not into the
+# real images, so the first layer's only in G's update).
+DCGAN_LAYERS = (
+    Layer("D 28x28x1 -> 14x14x64", False, 28, 1, 64, 2, (3, 1, 2)),
+    Layer("D 14x14x64 -> 7x7x128", False, 14, 64, 128, 2, (3, 3, 2)),
+    Layer("D 7x7x128 -> 4x4x256", False, 7, 128, 256, 2, (3, 3, 2)),
+    Layer("G 7x7x256 -> 7x7x128", True, 7, 256, 128, 1, (2, 1, 1)),
+    Layer("G 7x7x128 -> 14x14x64", True, 7, 128, 64, 2, (2, 1, 1)),
+    Layer("G 14x14x64 -> 28x28x1", True, 14, 64, 1, 2, (2, 1, 1)),
+)
+
+
+def dense_dots(layer: Layer, batch: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Operand shapes of the one-matmul form's forward, input- and kernel-gradient dots."""
+    rows, cols = layer.taps(batch)
+    taps = KERNEL[0] * KERNEL[1]
+    if layer.transposed:  # each input pixel times the whole kernel
+        m, k, n = batch * layer.in_size**2, layer.channels, taps * layer.features
+    else:  # each output pixel times its patch
+        m, k, n = batch * rows.out_size * cols.out_size, taps * layer.channels, layer.features
+    return [((m, k), (k, n)), ((m, n), (n, k)), ((k, m), (m, n))]
+
+
+def in_image_share(layer: Layer, batch: int) -> float:
+    rows, cols = layer.taps(batch)
+    return rows.in_image_share * cols.in_image_share
+
+
+def jdl_layer_fns(layer: Layer, batch: int) -> dict[str, Callable[[], None]]:
+    """The layer forward, and forward plus both gradients, compiled and ready to call."""
+    module = layer.module()
+    x = jax.random.normal(jax.random.key(0), (batch, layer.in_size, layer.in_size, layer.channels))
+    params = module.init(jax.random.key(1), x)
+    forward = jax.jit(module.apply)
+    g = jax.random.normal(jax.random.key(2), forward(params, x).shape)
+
+    @jax.jit
+    def forward_backward(params, x, g):
+        y, vjp = jax.vjp(module.apply, params, x)
+        return y, vjp(g)  # y returned, so that the forward is not pruned
+
+    return {
+        "jdl forward": lambda: jax.block_until_ready(forward(params, x)),
+        "jdl fwd + bwd": lambda: jax.block_until_ready(forward_backward(params, x, g)),
+    }
+
+
+def dot_fns(layer: Layer, batch: int) -> dict[str, Callable[[], None]]:
+    dot = jax.jit(jnp.matmul)
+    fns = {}
+    for name, (a_shape, b_shape) in zip(PASSES, dense_dots(layer, batch), strict=True):
+        a = jax.random.normal(jax.random.key(3), a_shape)
+        b = jax.random.normal(jax.random.key(4), b_shape)
+        fns[f"dot {name}"] = lambda a=a, b=b: dot(a, b).block_until_ready()
+    return fns
+
+
+def torch_layer_fns(layer: Layer, batch: int) -> dict[str, Callable[[], None]]:
+    import torch
+
+    s, sizes = layer.stride, (layer.channels, layer.features)
+    if layer.transposed:  # padding 2 and output padding s - 1: SAME
+        module = torch.nn.ConvTranspose2d(*sizes, 5, s, 2, s - 1, bias=False)
+    else:
+        module = torch.nn.Conv2d(*sizes, 5, s, 2, bias=False)
+    x = torch.randn(batch, layer.channels, layer.in_size, layer.in_size, requires_grad=True)
+    g = torch.randn(module(x).shape)
+
+    def forward():
+        with torch.no_grad():
+            module(x)
+
+    def forward_backward():
+        module(x).backward(g)
+
+    return {"torch forward": forward, "torch fwd + bwd": forward_backward}
+
+
+def step_fns(batch: int) -> dict[str, Callable[[], None]]:
+    """One whole DCGAN step: jdl's `gan_train_step` (jit) and PyTorch's eager loop."""
+    state = dcgan_peers.jdl_state()
+    step = jax.jit(dcgan_peers.JDL_STEP)
+    images = np.random.default_rng(0).random((batch, 28, 28, 1), np.float32)
+    jdl_batch, rng = {"image": jnp.asarray(images)}, jax.random.key(0)
+    torch_run = dcgan_peers.torch_run(images, batch)
+    return {
+        "jdl step": lambda: jax.block_until_ready(step(state, jdl_batch, rng)),
+        "torch step": lambda: torch_run(1),
+    }
+
+
+def best_ms(fns: dict[str, Callable[[], None]], rounds: int, calls: int) -> dict[str, float]:
+    """Per function, the best over `rounds` of its mean ms per call, functions alternating."""
+    for fn in fns.values():
+        fn()  # compile and warm up
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - start) / calls * 1e3)
+    return best
+
+
+def layer_row(layer: Layer, batch: int, rounds: int, calls: int) -> dict:
+    fns = {**dot_fns(layer, batch), **jdl_layer_fns(layer, batch), **torch_layer_fns(layer, batch)}
+    ms = best_ms(fns, rounds, calls)
+    share = in_image_share(layer, batch)
+    floors = [ms[f"dot {name}"] * share for name in PASSES]
+    (m, k), (_, n) = dense_dots(layer, batch)[0]
+    return {
+        "layer": layer.name,
+        "useful_gflop_per_pass": 2 * m * k * n * share / 1e9,
+        "in_image_share": share,
+        "floor_ms": dict(zip(PASSES, floors, strict=True)),
+        "floor_per_step_ms": sum(f * n for f, n in zip(floors, layer.runs_per_step, strict=True)),
+        **{name: v for name, v in ms.items() if not name.startswith("dot")},
+    }
+
+
+def table(rows: list[dict], steps: dict[str, float], batch: int) -> str:
+    lines = [
+        "| layer | useful GFLOP per pass | matmul floor fwd / dx / dw ms | jdl fwd / fwd+bwd ms "
+        "| PyTorch fwd / fwd+bwd ms | floor per step ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        floor = " / ".join(f"{r['floor_ms'][p]:.1f}" for p in PASSES)
+        lines.append(
+            f"| {r['layer']} | {r['useful_gflop_per_pass']:.2f} | {floor} "
+            f"| {r['jdl forward']:.1f} / {r['jdl fwd + bwd']:.1f} "
+            f"| {r['torch forward']:.1f} / {r['torch fwd + bwd']:.1f} "
+            f"| {r['floor_per_step_ms']:.1f} |"
+        )
+    named_ms = {
+        "convolutions' matmul floor": sum(r["floor_per_step_ms"] for r in rows),
+        "jdl step": steps["jdl step"],
+        "PyTorch eager step": steps["torch step"],
+    }
+    lines.append("")
+    lines += [
+        f"{name}: {ms:.0f} ms ({batch / ms * 1e3:.0f} examples/s)" for name, ms in named_ms.items()
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; best kept")
+    parser.add_argument("--calls", type=int, default=3, help="calls per timed round")
+    parser.add_argument("--out", help="also write the numbers as JSON here")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    keep_freed_memory()  # as jdl's experiment command line does
+    info = machine()
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    rows = []
+    for layer in DCGAN_LAYERS:
+        print(f"  {layer.name} ...", file=sys.stderr, flush=True)
+        rows.append(layer_row(layer, args.batch, args.rounds, args.calls))
+    steps = best_ms(step_fns(args.batch), args.rounds, args.calls)
+    print(
+        f"{info['cpu']}, {info['cores']} cores, load average {info['load_avg_1min_at_start']:.2f} "
+        f"at the start, jax {info['jax']}, torch {info['torch']}, batch {args.batch}\n"
+    )
+    print(table(rows, steps, args.batch))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"machine": info, "layers": rows, "steps_ms": steps}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
