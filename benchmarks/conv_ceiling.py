@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import dcgan_peers
-from benchmarks.train_speed import machine
+from benchmarks.train_speed import INSTALL_HINT, machine
 from jdl.models.conv import (
     PatchConv,
     PatchConvTranspose,
@@ -128,6 +128,7 @@ def dot_fns(layer: Layer, batch: int) -> dict[str, Callable[[], None]]:
 
 
 def torch_layer_fns(layer: Layer, batch: int) -> dict[str, Callable[[], None]]:
+    """The same layer in PyTorch (NCHW): forward without autograd, and forward + backward."""
     import torch
 
     s, sizes = layer.stride, (layer.channels, layer.features)
@@ -186,7 +187,9 @@ def layer_row(layer: Layer, batch: int, rounds: int, calls: int) -> dict:
         "useful_gflop_per_pass": 2 * m * k * n * share / 1e9,
         "in_image_share": share,
         "floor_ms": dict(zip(PASSES, floors, strict=True)),
-        "floor_per_step_ms": sum(f * n for f, n in zip(floors, layer.runs_per_step, strict=True)),
+        "floor_per_step_ms": sum(
+            floor * runs for floor, runs in zip(floors, layer.runs_per_step, strict=True)
+        ),
         **{name: v for name, v in ms.items() if not name.startswith("dot")},
     }
 
@@ -230,8 +233,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     keep_freed_memory()  # as jdl's experiment command line does
     info = machine()
-    import torch
-
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit(
+            f"conv_ceiling compares with PyTorch, which is not installed: {INSTALL_HINT}"
+        ) from None
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     rows = []
     for layer in DCGAN_LAYERS:
