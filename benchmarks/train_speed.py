@@ -530,6 +530,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown:
         parser.error(f"unknown model(s) {unknown}; valid models: {list(MODELS)}")
+    if args.cpu_devices < 0:
+        parser.error(f"--cpu-devices must be >= 0 (0: JAX's default); got {args.cpu_devices}")
     return args
 
 
