@@ -157,15 +157,20 @@ class JdlVariant:
     mode: str
     form: str
     k: int = 1
+    microbatches: int = 1  # each step's gradient over this many slices of the batch
 
     @property
     def name(self) -> str:
         if self.form == "step":
-            return f"{self.mode}, 1 step/call"
-        if self.form == "epoch":
-            return f"{self.mode}, epoch on device (lax.scan)"
-        loop = "unrolled" if self.form == "unroll" else "lax.scan"
-        return f"{self.mode}, {self.k} steps/call {loop}"
+            name = f"{self.mode}, 1 step/call"
+        elif self.form == "epoch":
+            name = f"{self.mode}, epoch on device (lax.scan)"
+        else:
+            loop = "unrolled" if self.form == "unroll" else "lax.scan"
+            name = f"{self.mode}, {self.k} steps/call {loop}"
+        if self.microbatches > 1:
+            name += f", {self.microbatches} microbatches of {BATCH // self.microbatches}"
+        return name
 
 
 JDL_VARIANTS = (
@@ -174,6 +179,8 @@ JDL_VARIANTS = (
     JdlVariant("jit", "unroll", 16),
     JdlVariant("jit", "scan", 8),
     JdlVariant("jit", "epoch"),
+    JdlVariant("jit", "scan", 8, microbatches=4),
+    JdlVariant("jit", "epoch", microbatches=4),
     *(JdlVariant(mode, form, k) for mode in MODES[1:] for form, k in (("step", 1), ("scan", 8))),
 )
 
@@ -196,19 +203,20 @@ def compile_jdl(strategy: Strategy, variant: JdlVariant, step: Callable) -> Call
     return strategy.compile_train_steps(step, unroll=variant.form == "unroll")
 
 
-def jdl_state_and_step(model_name: str):
+def jdl_state_and_step(model_name: str, microbatches: int = 1):
     """jdl's initial state and pure step for `model_name`."""
     if model_name == "dcgan":
         return dcgan_peers.jdl_state(IMAGE_SHAPE), dcgan_peers.JDL_STEP
     model = build_model({"name": model_name}, NUM_CLASSES)
     tx = optax.adam(LEARNING_RATE)
-    return create_train_state(model, tx, IMAGE_SHAPE, jax.random.key(0)), train_step
+    step = functools.partial(train_step, microbatches=microbatches)
+    return create_train_state(model, tx, IMAGE_SHAPE, jax.random.key(0)), step
 
 
 def jdl_workload(model_name: str, variant: JdlVariant, data: dict, epoch_examples: int):
     """jdl's model and step, compiled by its Strategy; host batches are placed per call."""
     strategy = Strategy(variant.mode)
-    state, step = jdl_state_and_step(model_name)
+    state, step = jdl_state_and_step(model_name, variant.microbatches)
     state = strategy.put_replicated(state)
     rng = strategy.put_replicated(jax.random.key(1))
     fn = compile_jdl(strategy, variant, step)

@@ -16,6 +16,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 512  # eval batches are padded and masked: every example counts once
     c.data_on_device = False  # keep the train split on the device; one compiled call per epoch
     c.steps_per_call = 1  # K > 1 runs K steps in one call (lax.scan over K stacked batches)
+    # > 1: each step's gradient over this many slices of the batch in turn: the same update
+    # (models without batch norm), one slice's activations in memory at a time
+    c.microbatches = 1
     # Optimisation (see jdl.optimizers.make_optimizer).
     c.num_epochs = 10  # passes over the train split
     c.num_steps = ml_collections.FieldReference(None, field_type=int)  # overrides num_epochs
@@ -77,9 +80,14 @@ def validate_config(config: Mapping) -> ml_collections.ConfigDict:
 
     if merged.parallel not in MODES:
         raise ValueError(f"Unknown compile mode parallel={merged.parallel!r}; valid: {list(MODES)}")
-    for key in ("batch_size", "eval_batch_size", "steps_per_call", "log_every"):
+    for key in ("batch_size", "eval_batch_size", "steps_per_call", "log_every", "microbatches"):
         if merged[key] < 1:
             raise ValueError(f"Config {key} must be >= 1, got {merged[key]}")
+    if merged.batch_size % merged.microbatches:
+        raise ValueError(
+            f"Config batch_size {merged.batch_size} does not split into microbatches="
+            f"{merged.microbatches} equal slices; choose a divisor of the batch size"
+        )
     if merged.cpu_devices < 0:
         raise ValueError(
             f"Config cpu_devices must be >= 0 (0: JAX's default), got {merged.cpu_devices}"

@@ -64,10 +64,12 @@ def host_result(state, metrics) -> dict:
     )
 
 
-def train_per_step(mode: str, model_name: str, batches: list, rng: jax.Array) -> dict:
+def train_per_step(
+    mode: str, model_name: str, batches: list, rng: jax.Array, train_fn=train_step
+) -> dict:
     """Params, batch statistics and summed metrics after one single-step call per batch."""
     strategy = Strategy(mode)
-    step = strategy.compile_train(train_step)
+    step = strategy.compile_train(train_fn)
     state = strategy.put_replicated(initial_state(model_name))
     rng = strategy.put_replicated(rng)
     all_metrics = []
@@ -89,6 +91,15 @@ def test_data_parallel_modes_train_like_jit(mode, model_name):
     # Under pmap the batch statistics are averaged across devices, as for one big batch.
     assert_trees_close(result, reference)
     assert reference["metrics"]["count"] == NUM_STEPS * GLOBAL_BATCH
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_microbatched_steps_train_like_whole_batches_in_every_mode(mode):
+    # Under pmap each device splits its 2 examples; sharded and jit split the global 16.
+    microbatched = functools.partial(train_step, microbatches=2)
+    batches = host_batches("mlp", NUM_STEPS)
+    result = train_per_step(mode, "mlp", batches, jax.random.key(5), microbatched)
+    assert_trees_close(result, per_step_training("jit", "mlp"))
 
 
 @pytest.mark.parametrize("model_name", sorted(MODEL_CONFIGS))

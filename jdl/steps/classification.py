@@ -18,6 +18,7 @@ from jax import lax
 from jdl import losses
 from jdl.augment import random_translate
 from jdl.state import TrainState
+from jdl.steps.microbatch import check_microbatches, sliced_grad
 
 INPUT_KEYS = ("image", "features", "sequence", "tokens")
 
@@ -111,6 +112,7 @@ def train_step(
     label_smoothing: float = 0.0,
     max_shift: int = 0,
     loss: Callable[[jax.Array, dict, jax.Array], jax.Array] | None = None,
+    microbatches: int = 1,
 ) -> tuple[TrainState, dict]:
     """One gradient step on the (weighted) mean loss of the batch.
 
@@ -118,8 +120,12 @@ def train_step(
     `loss(logits, batch, inputs)`, when given, returns the per-example losses in place of
     the cross-entropy; it sees the (translated) inputs the model saw, so a distillation
     loss can ask a teacher about the same images. Metrics stay the plain cross-entropy
-    and accuracy, so runs with different losses compare.
+    and accuracy, so runs with different losses compare. `microbatches` > 1 computes the
+    gradient over that many slices of the batch in turn (`jdl.steps.microbatch`): the same
+    update with one slice's activations alive at a time; dropout then draws its masks per
+    slice.
     """
+    check_microbatches(microbatches, batch["label"].shape[0], state.batch_stats)
     rng = jax.random.fold_in(rng, state.step)
     if axis_name is not None:
         # Different dropout masks and shifts on each device, as for one big batch.
@@ -132,24 +138,30 @@ def train_step(
     if max_shift:
         inputs = random_translate(augment_rng, inputs, max_shift)
 
-    def loss_fn(params):
+    total_weight = jnp.maximum(jnp.sum(weights_B), 1.0)
+
+    def loss_fn(params, piece, dropout_rng):
+        """The examples' weighted loss over the whole batch's weight: summable over slices."""
         variables = {**state.variables, "params": params}
         logits, updates = model.apply(
             variables,
-            inputs,
-            **model_kwargs(batch),
+            piece["inputs"],
+            **model_kwargs(piece["batch"]),
             train=True,
             rngs={"dropout": dropout_rng},
             mutable=["batch_stats"],
         )
         if loss is None:
-            per_example = per_example_loss(logits, labels, label_smoothing)
+            per_example = per_example_loss(logits, piece["batch"]["label"], label_smoothing)
         else:
-            per_example = loss(logits, batch, inputs)
-        mean_loss = jnp.sum(per_example * weights_B) / jnp.maximum(jnp.sum(weights_B), 1.0)
-        return mean_loss, (logits, updates.get("batch_stats", {}))
+            per_example = loss(logits, piece["batch"], piece["inputs"])
+        weighted_loss = jnp.sum(per_example * piece["weights"]) / total_weight
+        return weighted_loss, (logits, updates.get("batch_stats", {}))
 
-    grads, (logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    whole = {"inputs": inputs, "batch": batch, "weights": weights_B}
+    grads, (logits, batch_stats) = sliced_grad(
+        loss_fn, state.params, whole, dropout_rng, microbatches
+    )
     if axis_name is not None:
         grads = lax.pmean(grads, axis_name)
     state = state.apply_gradients(grads, batch_stats)

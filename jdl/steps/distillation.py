@@ -52,11 +52,13 @@ def distillation_train_step(
     alpha: float,
     axis_name: str | None = None,
     max_shift: int = 0,
+    microbatches: int = 1,
 ) -> tuple[TrainState, dict]:
     """One gradient step of the student on the (weighted) mean distillation loss.
 
     Teacher and student see the same (translated, if `max_shift` > 0) images. Metrics are
-    the student's plain cross-entropy and accuracy, as in classification.
+    the student's plain cross-entropy and accuracy, as in classification; `microbatches`
+    as in `train_step` (the teacher sees each slice with the student).
     """
     loss = functools.partial(
         teacher_loss,
@@ -65,4 +67,12 @@ def distillation_train_step(
         temperature=temperature,
         alpha=alpha,
     )
-    return train_step(state, batch, rng, axis_name=axis_name, max_shift=max_shift, loss=loss)
+    return train_step(
+        state,
+        batch,
+        rng,
+        axis_name=axis_name,
+        max_shift=max_shift,
+        loss=loss,
+        microbatches=microbatches,
+    )

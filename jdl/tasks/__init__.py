@@ -36,9 +36,9 @@ TASKS: dict[str, TaskFactory] = {
 # naming the key and the task, not a silent no-op. A task not listed is trusted to read all.
 UNREAD_KEYS: dict[str, tuple[str, ...]] = {
     "classification": (),
-    "regression": ("label_smoothing", "augment_shift"),
-    "language_model": ("label_smoothing", "augment_shift"),
-    "gan": ("augment_shift",),
+    "regression": ("label_smoothing", "augment_shift", "microbatches"),
+    "language_model": ("label_smoothing", "augment_shift", "microbatches"),
+    "gan": ("augment_shift", "microbatches"),
 }
 
 

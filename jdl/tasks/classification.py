@@ -40,7 +40,7 @@ def classification_task(
     """The model sized to the data's classes, the optimizer scheduled over the whole run.
 
     Two classes are one sigmoid logit; more are softmax logits. The config's
-    `label_smoothing` and `augment_shift` are bound into the train step.
+    `label_smoothing`, `augment_shift` and `microbatches` are bound into the train step.
     """
     if config.augment_shift and dataset.info.input_key != "image":
         raise ValueError(
@@ -50,6 +50,9 @@ def classification_task(
     num_classes = dataset.info.num_classes
     state = initial_train_state(config, dataset, 1 if num_classes == 2 else num_classes, model)
     step = functools.partial(
-        train_step, label_smoothing=config.label_smoothing, max_shift=config.augment_shift
+        train_step,
+        label_smoothing=config.label_smoothing,
+        max_shift=config.augment_shift,
+        microbatches=config.microbatches,
     )
     return Task(state=state, train_step=step, eval_step=eval_step)

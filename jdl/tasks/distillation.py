@@ -81,5 +81,6 @@ def distillation_task(
         temperature=temperature,
         alpha=alpha,
         max_shift=config.augment_shift,
+        microbatches=config.microbatches,
     )
     return Task(state=state, train_step=step, eval_step=eval_step)
