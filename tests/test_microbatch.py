@@ -6,7 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from loop_helpers import small_config
 
+from jdl import train_and_evaluate
 from jdl.config import validate_config
 from jdl.models import build_model
 from jdl.optimizers import make_optimizer
@@ -98,3 +100,11 @@ def test_config_rejects_microbatches_that_do_not_divide_the_batch():
         validate_config({"batch_size": 128, "microbatches": 3})
     with pytest.raises(ValueError, match="microbatches must be >= 1"):
         validate_config({"microbatches": 0})
+
+
+def test_a_run_with_batch_norm_and_microbatches_is_refused_before_it_starts(tmp_path):
+    config = small_config(microbatches=2)
+    config.model.batch_norm = True
+    with pytest.raises(ValueError, match="without batch norm"):
+        train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -12,6 +12,7 @@ from jdl.models import build_model, for_task
 from jdl.optimizers import make_optimizer
 from jdl.state import TrainState, create_train_state
 from jdl.steps import eval_step, train_step
+from jdl.steps.microbatch import check_microbatches
 from jdl.tasks.base import Task
 
 
@@ -25,13 +26,16 @@ def initial_train_state(
 ) -> TrainState:
     """`model` (default: the one `config.model` names) with `num_outputs` outputs,
     initialised for the dataset's input shape, and the config's optimizer scheduled over
-    the whole run."""
+    the whole run. A model that `config.microbatches` cannot slice is refused here, before
+    the run starts."""
     if model is None:
         model = build_model(config.model, num_outputs)
     else:
         model = for_task(model, num_outputs)
     tx = make_optimizer(config, total_train_steps(config, dataset.steps_per_epoch))
-    return create_train_state(model, tx, dataset.info.input_shape, init_rng(config))
+    state = create_train_state(model, tx, dataset.info.input_shape, init_rng(config))
+    check_microbatches(config.microbatches, config.batch_size, state.batch_stats)
+    return state
 
 
 def classification_task(
