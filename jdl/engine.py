@@ -292,10 +292,15 @@ class Trainer:
 
 def evaluate(eval_fn, state, dataset: Dataset, strategy: Strategy) -> dict:
     """Mean eval metrics over every example of the eval split (padding masked out)."""
-    totals = None
+    totals, in_flight = None, None
     for batch in dataset.eval_batches():
         batch = check_labels(batch, dataset.info)
-        totals = merge(totals, eval_fn(state, strategy.put_batch(batch)))
+        metrics = eval_fn(state, strategy.put_batch(batch))
+        # At most two calls in flight, as in training: with hundreds of sharded calls queued,
+        # XLA:CPU's all-reduce over CPU devices timed out and aborted the process.
+        jax.block_until_ready(in_flight)
+        in_flight = metrics
+        totals = merge(totals, metrics)
     return {f"eval/{k}": v for k, v in summarize(totals).items()}
 
 

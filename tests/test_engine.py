@@ -9,6 +9,7 @@ import pytest
 from loop_helpers import small_config
 
 from jdl import engine, train_and_evaluate
+from jdl.data import from_arrays
 from jdl.loop import load_config_dataset, settings_from_config
 from jdl.models import MODELS, register
 from jdl.parallel import Strategy
@@ -157,3 +158,31 @@ def test_a_finished_workdir_only_evaluates_and_a_foreign_one_is_refused(mlp_run,
     with pytest.raises(ValueError, match=r"use a new workdir, or delete .* to start afresh"):
         train_and_evaluate(small_config(num_epochs=1), workdir)  # the CNN
     assert (workdir / "metrics.jsonl").read_text() == before
+
+
+def test_evaluation_keeps_at_most_two_calls_in_flight():
+    # With hundreds of sharded eval calls queued, XLA:CPU's all-reduce over CPU devices timed
+    # out and aborted the process; evaluation now waits as training does. Each call here
+    # takes milliseconds and returns at once, so without waiting they pile up.
+    rng = np.random.default_rng(0)
+    images, labels = rng.normal(size=(160, 4)).astype(np.float32), rng.integers(0, 2, 160)
+    dataset = from_arrays(images, labels, images, labels, batch_size=8, eval_batch_size=8, seed=0)
+    weights = jax.numpy.ones((384, 384))
+
+    @jax.jit
+    def slow_metrics(batch):
+        product = jax.lax.fori_loop(0, 20, lambda _, w: jax.numpy.tanh(w @ weights), weights)
+        count = jax.numpy.sum(batch["mask"])
+        return {"loss": count * product[0, 0] * 0, "accuracy": count, "count": count}
+
+    outputs, pending_at_call = [], []
+
+    def eval_fn(state, batch):
+        pending_at_call.append(sum(not out["count"].is_ready() for out in outputs))
+        outputs.append(slow_metrics(batch))
+        return outputs[-1]
+
+    metrics = engine.evaluate(eval_fn, None, dataset, Strategy("jit"))
+    assert metrics["eval/accuracy"] == pytest.approx(1.0)
+    assert len(pending_at_call) == 20
+    assert max(pending_at_call) <= 2
