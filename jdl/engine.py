@@ -245,6 +245,20 @@ def _stack(batches: list[dict]) -> dict:
     return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
+class _TwoInFlight:
+    """Keeps at most two compiled calls queued: with ~100 sharded calls queued, XLA:CPU's
+    all-reduce over CPU devices timed out and aborted the process."""
+
+    def __init__(self):
+        self.previous = None
+
+    def push(self, result):
+        """Waits for the call before the one that returned `result`; returns `result`."""
+        jax.block_until_ready(self.previous)
+        self.previous = result
+        return result
+
+
 class Trainer:
     """Runs one epoch's steps through the fastest compiled form the settings allow."""
 
@@ -270,13 +284,10 @@ class Trainer:
             return
         batches = itertools.islice(self.dataset.train_batches(epoch, start), end - start)
         batches = (check_labels(batch, self.dataset.info) for batch in batches)
-        in_flight = None
+        in_flight = _TwoInFlight()
         for fn, device_batch, done in prefetch(self._placed_calls(batches)):
             state, metrics = fn(state, device_batch, rng)
-            # At most two calls in flight: XLA:CPU collectives can deadlock with ~100 queued.
-            jax.block_until_ready(in_flight)
-            in_flight = metrics
-            yield state, metrics, done
+            yield state, in_flight.push(metrics), done
 
     def _placed_calls(self, batches: Iterator[dict]) -> Iterator[tuple]:
         """(compiled function, device batch, steps) per call: K stacked batches at a time,
@@ -292,15 +303,10 @@ class Trainer:
 
 def evaluate(eval_fn, state, dataset: Dataset, strategy: Strategy) -> dict:
     """Mean eval metrics over every example of the eval split (padding masked out)."""
-    totals, in_flight = None, None
+    totals, in_flight = None, _TwoInFlight()
     for batch in dataset.eval_batches():
         batch = check_labels(batch, dataset.info)
-        metrics = eval_fn(state, strategy.put_batch(batch))
-        # At most two calls in flight, as in training: with hundreds of sharded calls queued,
-        # XLA:CPU's all-reduce over CPU devices timed out and aborted the process.
-        jax.block_until_ready(in_flight)
-        in_flight = metrics
-        totals = merge(totals, metrics)
+        totals = merge(totals, in_flight.push(eval_fn(state, strategy.put_batch(batch))))
     return {f"eval/{k}": v for k, v in summarize(totals).items()}
 
 
