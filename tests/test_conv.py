@@ -49,6 +49,20 @@ def assert_same_layer(ours: nn.Module, theirs: nn.Module, x: jax.Array) -> None:
     )
 
 
+@pytest.mark.parametrize(("inner", "outer"), [(3, 5), (5, 3)])  # either operand transposed
+def test_matmul_has_the_gradients_of_a_plain_matmul(inner, outer):
+    a = jax.random.normal(jax.random.key(0), (2, 3, 4, inner))  # leading axes, as patches have
+    w = jax.random.normal(jax.random.key(1), (inner, outer))
+    g = jax.random.normal(jax.random.key(2), (2, 3, 4, outer))
+    ours = jax.jit(lambda a, w: jax.vjp(conv_module.matmul, a, w)[1](g))(a, w)
+    np.testing.assert_allclose(conv_module.matmul(a, w), a @ w, rtol=1e-6)
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5),
+        ours,
+        jax.vjp(jnp.matmul, a, w)[1](g),
+    )
+
+
 @pytest.mark.parametrize(("shape", "features", "kernel", "strides", "padding"), SHAPES)
 def test_patch_conv_equals_flax_conv(shape, features, kernel, strides, padding):
     x = jax.random.normal(jax.random.key(1), (2, *shape))
