@@ -232,6 +232,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     keep_freed_memory()  # as jdl's experiment command line does
+    # PyTorch's OpenMP threads otherwise spin after each call and take a core from the jdl
+    # call that follows in the alternation: jdl's layers measured up to 1.7x slower so.
+    # Read when torch loads its OpenMP runtime, so set before the import.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     info = machine()
     try:
         import torch
@@ -247,7 +251,8 @@ def main(argv=None) -> None:
     steps = best_ms(step_fns(args.batch), args.rounds, args.calls)
     print(
         f"{info['cpu']}, {info['cores']} cores, load average {info['load_avg_1min_at_start']:.2f} "
-        f"at the start, jax {info['jax']}, torch {info['torch']}, batch {args.batch}\n"
+        f"at the start, jax {info['jax']}, torch {info['torch']}, batch {args.batch}, "
+        f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}\n"
     )
     print(table(rows, steps, args.batch))
     if args.out:
