@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jdl.models import conv as conv_module
+from jdl.models.cnn import max_pool_2x2
 from jdl.models.conv import PatchConv, PatchConvTranspose, conv, conv_transpose, use_patches
 from jdl.models.gan import Discriminator, Generator
 
@@ -91,6 +92,32 @@ def test_without_bias_both_layers_match_flax(ours, theirs):
     assert_same_layer(
         ours(3, (5, 5), (2, 2), use_bias=False), theirs(3, (5, 5), (2, 2), use_bias=False), x
     )
+
+
+class FlaxConvThenPool(nn.Module):
+    """The reference: flax's convolution (bias included), then flax's max pooling."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.max_pool(nn.Conv(4, (3, 3), padding="VALID")(x), (2, 2), strides=(2, 2))
+
+
+class PoolBeforeBias(nn.Module):
+    conv_impl: str
+
+    @nn.compact
+    def __call__(self, x):
+        layer = conv(
+            self.conv_impl, 4, (3, 3), padding="VALID", before_bias=max_pool_2x2, name="Conv_0"
+        )
+        return layer(x)
+
+
+@pytest.mark.parametrize("conv_impl", ["im2col", "xla"])
+def test_pooling_before_the_bias_equals_pooling_after_the_layer(conv_impl):
+    # 9x8 -> 7x6 -> 3x3: the odd edge is dropped as in flax.
+    x = jax.random.normal(jax.random.key(1), (2, 9, 8, 3))
+    assert_same_layer(PoolBeforeBias(conv_impl), FlaxConvThenPool(), x)
 
 
 def test_auto_uses_patches_on_cpu_and_flax_layers_on_accelerators(monkeypatch):

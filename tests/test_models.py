@@ -252,7 +252,20 @@ def test_cnn_computes_convolutions_as_matmuls_on_cpu_and_natively_when_asked():
     auto, xla = (build_model({"name": "cnn", "conv_impl": c}, 10) for c in ("auto", "xla"))
     variables = auto.init(key(0), x)
     jax.tree.map(np.testing.assert_array_equal, variables, xla.init(key(0), x))
+    # Nonzero biases: the patch form adds them after pooling, flax's layers before.
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, v: v + 0.1 if path[-1].key == "bias" else v, variables
+    )
     np.testing.assert_allclose(auto.apply(variables, x), xla.apply(variables, x), atol=1e-5)
+
+    def gradients(model):
+        return jax.grad(lambda v: jnp.sum(jnp.sin(model.apply(v, x))))(variables)
+
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        gradients(auto),
+        gradients(xla),
+    )
     assert "conv_general_dilated" not in str(jax.make_jaxpr(auto.apply)(variables, x))
     assert "conv_general_dilated" in str(jax.make_jaxpr(xla.apply)(variables, x))
     with pytest.raises(ValueError, match="Unknown conv_impl 'winograd'"):

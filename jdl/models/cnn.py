@@ -64,6 +64,13 @@ class CNN(nn.Module):
     def __call__(self, x_BxHxWxC, *, train: bool = False):
         x = x_BxHxWxC
         for index, width in enumerate(self.widths):
+            pool = min(x.shape[1:3]) - 2 >= 2  # the 3x3 valid convolution's output is >= 2x2
+            # Max pooling commutes with the bias as with the activation (not with batch norm's
+            # scale): it then runs inside the layer, before the bias, so the full-size map is
+            # never biased or stored (the documents' CNN step 9-10 % faster on CPU).
+            pool_in_conv = (
+                pool and not self.batch_norm and self.activation in POOL_FIRST_ACTIVATIONS
+            )
             x = conv(
                 self.conv_impl,
                 width,
@@ -71,13 +78,14 @@ class CNN(nn.Module):
                 padding="VALID",
                 use_bias=not self.batch_norm,
                 dtype=self.dtype,
+                before_bias=max_pool_2x2 if pool_in_conv else None,
                 name=f"Conv_{index}",
             )(x)
             if self.batch_norm:
                 x = nn.BatchNorm(
                     use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype
                 )(x)
-            x = activate_and_pool(x, self.activation, pool=min(x.shape[1:3]) >= 2)
+            x = activate_and_pool(x, self.activation, pool=pool and not pool_in_conv)
         x_BxD = x.reshape((x.shape[0], -1))
         if self.dense_size:
             x_BxD = activation_layer(self.activation)(

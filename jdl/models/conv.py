@@ -13,7 +13,7 @@ through them fail; use `conv_impl="xla"` there.
 """
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -370,7 +370,12 @@ class _PatchLayer(nn.Module):
     """The fields, parameters and bias of flax's 2-D conv layers; subclasses give the
     linear map. Same names, shapes, initializers and creation order as `nn.Conv` /
     `nn.ConvTranspose`, hence the same initial values and interchangeable checkpoints;
-    all promoted to the computation dtype (`dtype`, or the inputs' if None)."""
+    all promoted to the computation dtype (`dtype`, or the inputs' if None).
+
+    `before_bias`, if given, maps the linear map's output before the bias is added. It must
+    commute with adding a per-channel constant, as max pooling does: then the layer's values
+    are those of `before_bias` after it, and the bias is added to the smaller map.
+    """
 
     features: int
     kernel_size: Sequence[int] = (3, 3)
@@ -378,6 +383,7 @@ class _PatchLayer(nn.Module):
     padding: PaddingLike = "SAME"
     use_bias: bool = True
     dtype: jnp.dtype | str | None = None
+    before_bias: Callable[[jax.Array], jax.Array] | None = None
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
@@ -388,6 +394,8 @@ class _PatchLayer(nn.Module):
             bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         x, kernel, bias = promote_dtype(x_BxHxWxC, kernel, bias, dtype=self.dtype)
         y = self.linear_map(x, kernel)
+        if self.before_bias is not None:
+            y = self.before_bias(y)
         return y if bias is None else y + bias
 
     def linear_map(self, x_BxHxWxC: jax.Array, kernel_HxWxCxF: jax.Array) -> jax.Array:
@@ -419,10 +427,18 @@ class PatchConvTranspose(_PatchLayer):
         return conv_transpose_as_matmul(x_BxHxWxC, kernel_HxWxCxF, self.strides, pads)
 
 
-def conv(conv_impl: str, features: int, kernel_size, **kwargs) -> nn.Module:
-    """`PatchConv` where `use_patches(conv_impl)`, else `nn.Conv`; same arguments."""
-    layer = PatchConv if use_patches(conv_impl) else nn.Conv
-    return layer(features, tuple(kernel_size), **kwargs)
+def conv(
+    conv_impl: str, features: int, kernel_size, *, before_bias=None, **kwargs
+) -> Callable[[jax.Array], jax.Array]:
+    """`PatchConv` where `use_patches(conv_impl)`, else `nn.Conv`; same arguments.
+
+    `before_bias` (see `_PatchLayer`; e.g. max pooling) runs inside `PatchConv`, before the
+    bias, and after `nn.Conv`: the same values either way.
+    """
+    if use_patches(conv_impl):
+        return PatchConv(features, tuple(kernel_size), before_bias=before_bias, **kwargs)
+    layer = nn.Conv(features, tuple(kernel_size), **kwargs)
+    return layer if before_bias is None else lambda x: before_bias(layer(x))
 
 
 def conv_transpose(conv_impl: str, features: int, kernel_size, **kwargs) -> nn.Module:
