@@ -427,21 +427,25 @@ class PatchConvTranspose(_PatchLayer):
         return conv_transpose_as_matmul(x_BxHxWxC, kernel_HxWxCxF, self.strides, pads)
 
 
-def conv(
-    conv_impl: str, features: int, kernel_size, *, before_bias=None, **kwargs
-) -> Callable[[jax.Array], jax.Array]:
+def _layer(patch_layer, flax_layer, conv_impl, features, kernel_size, before_bias, kwargs):
+    """`patch_layer` where `use_patches(conv_impl)`, else `flax_layer` then `before_bias`."""
+    if use_patches(conv_impl):
+        return patch_layer(features, tuple(kernel_size), before_bias=before_bias, **kwargs)
+    layer = flax_layer(features, tuple(kernel_size), **kwargs)
+    return layer if before_bias is None else lambda x: before_bias(layer(x))
+
+
+def conv(conv_impl: str, features: int, kernel_size, *, before_bias=None, **kwargs):
     """`PatchConv` where `use_patches(conv_impl)`, else `nn.Conv`; same arguments.
 
     `before_bias` (see `_PatchLayer`; e.g. max pooling) runs inside `PatchConv`, before the
     bias, and after `nn.Conv`: the same values either way.
     """
-    if use_patches(conv_impl):
-        return PatchConv(features, tuple(kernel_size), before_bias=before_bias, **kwargs)
-    layer = nn.Conv(features, tuple(kernel_size), **kwargs)
-    return layer if before_bias is None else lambda x: before_bias(layer(x))
+    return _layer(PatchConv, nn.Conv, conv_impl, features, kernel_size, before_bias, kwargs)
 
 
-def conv_transpose(conv_impl: str, features: int, kernel_size, **kwargs) -> nn.Module:
-    """`PatchConvTranspose` where `use_patches(conv_impl)`, else `nn.ConvTranspose`."""
-    layer = PatchConvTranspose if use_patches(conv_impl) else nn.ConvTranspose
-    return layer(features, tuple(kernel_size), **kwargs)
+def conv_transpose(conv_impl: str, features: int, kernel_size, *, before_bias=None, **kwargs):
+    """`PatchConvTranspose` where `use_patches(conv_impl)`, else `nn.ConvTranspose`; as `conv`."""
+    return _layer(
+        PatchConvTranspose, nn.ConvTranspose, conv_impl, features, kernel_size, before_bias, kwargs
+    )
