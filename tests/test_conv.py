@@ -1,5 +1,7 @@
 """Patch-matmul convolutions: the same parameters, outputs and gradients as flax's layers."""
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -94,30 +96,37 @@ def test_without_bias_both_layers_match_flax(ours, theirs):
     )
 
 
-class FlaxConvThenPool(nn.Module):
-    """The reference: flax's convolution (bias included), then flax's max pooling."""
+class FlaxLayerThenPool(nn.Module):
+    """The reference: flax's layer (bias included), then flax's max pooling."""
+
+    flax_layer: type
 
     @nn.compact
     def __call__(self, x):
-        return nn.max_pool(nn.Conv(4, (3, 3), padding="VALID")(x), (2, 2), strides=(2, 2))
+        y = self.flax_layer(4, (3, 3), padding="VALID", name="layer")(x)
+        return nn.max_pool(y, (2, 2), strides=(2, 2))
 
 
 class PoolBeforeBias(nn.Module):
+    chooser: Callable
     conv_impl: str
 
     @nn.compact
     def __call__(self, x):
-        layer = conv(
-            self.conv_impl, 4, (3, 3), padding="VALID", before_bias=max_pool_2x2, name="Conv_0"
+        layer = self.chooser(
+            self.conv_impl, 4, (3, 3), padding="VALID", before_bias=max_pool_2x2, name="layer"
         )
         return layer(x)
 
 
 @pytest.mark.parametrize("conv_impl", ["im2col", "xla"])
-def test_pooling_before_the_bias_equals_pooling_after_the_layer(conv_impl):
-    # 9x8 -> 7x6 -> 3x3: the odd edge is dropped as in flax.
+@pytest.mark.parametrize(
+    ("chooser", "flax_layer"), [(conv, nn.Conv), (conv_transpose, nn.ConvTranspose)]
+)
+def test_pooling_before_the_bias_equals_pooling_after_the_layer(chooser, flax_layer, conv_impl):
+    # 9x8 -> 7x6 (11x10 transposed) -> 3x3 (5x5): the odd edge is dropped as in flax.
     x = jax.random.normal(jax.random.key(1), (2, 9, 8, 3))
-    assert_same_layer(PoolBeforeBias(conv_impl), FlaxConvThenPool(), x)
+    assert_same_layer(PoolBeforeBias(chooser, conv_impl), FlaxLayerThenPool(flax_layer), x)
 
 
 def test_auto_uses_patches_on_cpu_and_flax_layers_on_accelerators(monkeypatch):
