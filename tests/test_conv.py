@@ -108,6 +108,8 @@ class FlaxLayerThenPool(nn.Module):
 
 
 class PoolBeforeBias(nn.Module):
+    """jdl's chooser (`conv` or `conv_transpose`) with max pooling before the bias."""
+
     chooser: Callable
     conv_impl: str
 
