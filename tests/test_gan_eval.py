@@ -105,6 +105,14 @@ def test_gan_task_rejects_bad_options():
         make_task(config, dataset)
 
 
+def test_ranking_by_fid_with_fid_turned_off_fails_before_training():
+    no_fid = {**tiny_config().task, "classifier_steps": 0}
+    with pytest.raises(ValueError, match=r"'eval/fid' comes with FID.*classifier_steps=0"):
+        make_task(tiny_config(task=no_fid), digits())  # the experiment ranks by FID
+    task = make_task(tiny_config(task=no_fid, best_metric="eval/g_loss"), digits())
+    assert task.after_eval.make_quality is None
+
+
 def test_dcgan_experiment_writes_grids_and_fid_and_checkpoints_both_optimizers(tmp_path):
     x_train, y_train, x_eval, y_eval = digits_splits()
     dataset = from_arrays(  # 4 steps per epoch
@@ -125,7 +133,7 @@ def test_dcgan_experiment_writes_grids_and_fid_and_checkpoints_both_optimizers(t
     assert (tmp_path / "samples" / "progress.gif").exists()
     assert (tmp_path / "interpolation.png").exists()
 
-    template = make_task(tiny_config(task={**tiny_config().task, "classifier_steps": 0}), dataset)
+    template = make_task(tiny_config(), dataset)  # FID's classifier is trained lazily: not here
     with Checkpointer(tmp_path / "checkpoints") as checkpointer:
         restored, _ = checkpointer.restore(template.state)
     # Both networks' parameters, batch statistics and optimizer states, bit for bit.

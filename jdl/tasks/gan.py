@@ -37,6 +37,7 @@ from jdl.tasks.classification import init_rng
 CLASSIFIER_HIDDEN = 128  # width of the feature layer the Frechet distance is measured on
 CLASSIFIER_LEARNING_RATE = 1e-3
 SAMPLE_SEED_OFFSET = 7919  # fixed noise for grids and FID, derived from config.seed
+QUALITY_METRICS = ("fid", "inception_score", "classifier_accuracy")  # evaluated with FID only
 GRID_DIR = "samples"
 
 
@@ -196,6 +197,12 @@ def gan_task(
         raise ValueError(f"d_steps must be at least 1; got {d_steps}")
     if dataset.info.input_key != "image":
         raise ValueError(f"The gan task needs an image dataset; {dataset.info.name!r} is not")
+    if classifier_steps <= 0 and config.best_metric.rsplit("/", 1)[-1] in QUALITY_METRICS:
+        raise ValueError(
+            f"best_metric {config.best_metric!r} comes with FID, which task.classifier_steps="
+            f"{classifier_steps} turns off; set classifier_steps > 0, or rank checkpoints by a "
+            "metric every GAN evaluation gives, e.g. best_metric='eval/g_loss'"
+        )
     image_shape = dataset.info.input_shape
     generator, discriminator = build_gan(config.model, image_shape)
     iterations = total_train_steps(config, dataset.steps_per_epoch)
