@@ -4,11 +4,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jdl.models import ACTIVATIONS, PReLU, build_model
-from jdl.models.cnn import activate_and_pool, max_pool_2x2
-from jdl.state import count_params
+from jdl.models.cnn import CNN, activate_and_pool, max_pool_2x2
+from jdl.state import count_params, create_train_state
 
 # What each activation name must compute, written independently of the library.
 REFERENCE_ACTIVATIONS = {
@@ -290,3 +291,13 @@ def test_bfloat16_computes_in_bfloat16_but_keeps_float32_parameters_and_logits(n
     assert "bf16" in jaxpr
     full = build_model({"name": name}, 10).apply(variables, x)
     np.testing.assert_allclose(logits, full, rtol=0.05, atol=0.05)  # same net, less precision
+
+
+def test_create_train_state_starts_from_flax_init_values_bit_for_bit():
+    # create_train_state compiles the initialisers with its own options (faster on CPU); the
+    # values must still be exactly those of flax's own, uncompiled `init`.
+    model = CNN(num_outputs=10)
+    state = create_train_state(model, optax.adam(1e-3), (28, 28, 1), jax.random.key(3))
+    expected = model.init(jax.random.key(3), jnp.zeros((1, 28, 28, 1)), train=False)["params"]
+    for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(got, want)
