@@ -51,26 +51,27 @@ class TrainState:
 _INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
 
 
-def _init_variables(model: nn.Module, input_shape: Sequence[int], rng: jax.Array) -> dict:
-    """`model.init` on a dummy batch of one example of `input_shape`, compiled."""
+def _initial_values(model, tx, input_shape, rng) -> tuple[dict, optax.OptState]:
+    """`model.init` on a dummy batch of one example of `input_shape`, and `tx.init` of its
+    parameters: one compiled program, not one per initialiser and optimizer-state shape."""
+
+    def init(key):
+        variables = model.init(key, jnp.zeros((1, *input_shape)), train=False)
+        return variables, tx.init(variables["params"])
+
     options = _INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-    init = jax.jit(
-        lambda key: model.init(key, jnp.zeros((1, *input_shape)), train=False),
-        compiler_options=options,
-    )
-    return init(rng)
+    return jax.jit(init, compiler_options=options)(rng)
 
 
 def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, input_shape: Sequence[int], rng: jax.Array
 ) -> TrainState:
     """Initialises `model` on a dummy batch of one example of `input_shape`."""
-    variables = _init_variables(model, input_shape, rng)
-    params = variables["params"]
+    variables, opt_state = _initial_values(model, tx, input_shape, rng)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
+        params=variables["params"],
+        opt_state=opt_state,
         batch_stats=variables.get("batch_stats", {}),
         model=model,
         tx=tx,
