@@ -51,7 +51,9 @@ class TrainState:
 _INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
 
 
-def _initial_values(model, tx, input_shape, rng) -> tuple[dict, optax.OptState]:
+def _initial_values(
+    model: nn.Module, tx: optax.GradientTransformation, input_shape: Sequence[int], rng: jax.Array
+) -> tuple[dict, optax.OptState]:
     """`model.init` on a dummy batch of one example of `input_shape`, and `tx.init` of its
     parameters: one compiled program, not one per initialiser and optimizer-state shape."""
 
