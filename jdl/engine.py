@@ -30,6 +30,7 @@ from jdl.data.checks import check_labels
 from jdl.metrics import (
     EarlyStopping,
     MetricWriter,
+    check_best_metric,
     check_finite,
     metric_mode,
     read_records,
@@ -141,6 +142,7 @@ def train(
     one nothing is written, and the time budget simply ends training early. `callbacks` are
     objects with any of the `Callback` methods, called in order.
     """
+    check_evaluated(task, dataset, settings.best_metric)
     workdir = None if workdir is None else writable_workdir(workdir)
     plan = Plan(settings, dataset.steps_per_epoch)
     checkpointer = open_checkpointer(workdir, settings)
@@ -167,6 +169,21 @@ def train(
 
 # ---------------------------------------------------------------------------------------------
 # 1. Set-up and restore.
+
+
+def check_evaluated(task: Task, dataset: Dataset, best_metric: str) -> None:
+    """A ValueError, before any training, when evaluation will not give `best_metric`.
+
+    The eval step's metrics come from the shapes of its sums on the first eval batch
+    (`jax.eval_shape`: traced, not run), `after_eval`'s from `task.after_eval_metrics`; with
+    those undeclared, or no eval split, the first evaluation checks instead.
+    """
+    if not dataset.info.num_eval or (task.after_eval and task.after_eval_metrics is None):
+        return
+    sums = jax.eval_shape(task.eval_step, task.state, next(dataset.eval_batches()))
+    names = [*summarize(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), sums))]
+    names += task.after_eval_metrics or []
+    check_best_metric({f"eval/{name}": 0.0 for name in names}, best_metric)
 
 
 def writable_workdir(workdir: str | Path) -> Path:

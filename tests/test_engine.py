@@ -1,5 +1,6 @@
 """The engine under train_and_evaluate: no workdir, callbacks, your own model, workdir records."""
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -78,6 +79,23 @@ def test_engine_without_workdir_writes_nothing_and_equals_train_and_evaluate(
     assert result.history[1]["train/loss"] < result.history[0]["train/loss"]
     assert result.history[-1]["eval/accuracy"] == result.metrics["eval/accuracy"] > 0.8
     assert_trees_equal(with_workdir.state.params, result.state.params)  # one engine
+
+
+def test_a_metric_after_eval_adds_ranks_checkpoints_declared_or_not(mlp_run):
+    config, _, _ = mlp_run
+    dataset = load_config_dataset(config)
+    settings = settings_from_config(config, "mlp")
+    settings = dataclasses.replace(settings, best_metric="eval/margin", best_mode="max")
+    with pytest.raises(ValueError, match=r"'eval/margin' is not produced"):
+        engine.train(make_task(config, dataset), dataset, Strategy("jit"), settings)
+    for declared in (("margin",), None):  # None: checked at the first evaluation instead
+        margin = dataclasses.replace(
+            make_task(config, dataset),  # a fresh state: training donates the last one
+            after_eval=lambda *_: {"margin": 0.5},
+            after_eval_metrics=declared,
+        )
+        result = engine.train(margin, dataset, Strategy("jit"), settings)
+        assert result.metrics["eval/margin"] == 0.5
 
 
 def test_a_callback_sees_every_epoch_and_can_stop_training():

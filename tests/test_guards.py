@@ -73,6 +73,9 @@ def test_the_loop_names_a_label_outside_the_dataset_classes(tmp_path):
 def test_a_best_metric_evaluation_does_not_produce_is_an_error_listing_those_it_does(tmp_path):
     with pytest.raises(ValueError, match=r"'eval/acuracy' is not produced.*'eval/accuracy'"):
         tiny_run(tmp_path, best_metric="eval/acuracy", best_mode="max")
+    with pytest.raises(ValueError, match=r"'eval/fid' is not produced.*'eval/loss'"):
+        tiny_run(tmp_path, best_metric="eval/fid")  # a metric jdl knows, not this task's
+    assert not (tmp_path / "checkpoints").exists()  # refused before training, not after it
 
 
 @pytest.mark.parametrize(

@@ -226,4 +226,5 @@ def gan_task(
         train_step=functools.partial(gan_train_step, **step_options),
         eval_step=functools.partial(gan_eval_step, loss=loss),
         after_eval=GANEvaluation(latent_dim, config.seed, grid_rows, quality),
+        after_eval_metrics=QUALITY_METRICS if quality else (),
     )

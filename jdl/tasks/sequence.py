@@ -83,6 +83,7 @@ def language_model(
         train_step=sequence.language_model_train_step,
         eval_step=sequence.language_model_eval_step,
         after_eval=after_eval,
+        after_eval_metrics=(),  # the sample text is printed and saved, not a metric
     )
 
 
