@@ -74,7 +74,7 @@ def jdl_workload(data: dict, hidden: int, steps_per_call: int, mode: str = "jit"
     if steps_per_call == 1:
         step = strategy.compile_train(train_step)
     else:
-        step = strategy.compile_train_steps(train_step, unroll=False)
+        step = strategy.compile_train_steps(train_step)
     rng = strategy.put_replicated(jax.random.key(1))
     batches = _batches(data, steps_per_call)
     holder = {"state": state}

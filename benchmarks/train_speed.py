@@ -152,7 +152,7 @@ def host_chunk(data: dict, index: int, steps: int) -> dict:
 # --- jdl -----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class JdlVariant:
-    """How jdl runs the steps: `step` (1 per call), `unroll` / `scan` (K per call), `epoch`."""
+    """How jdl runs the steps: `step` (1 per call), `steps` (K per call, one loop), `epoch`."""
 
     mode: str
     form: str
@@ -166,8 +166,7 @@ class JdlVariant:
         elif self.form == "epoch":
             name = f"{self.mode}, epoch on device (lax.scan)"
         else:
-            loop = "unrolled" if self.form == "unroll" else "lax.scan"
-            name = f"{self.mode}, {self.k} steps/call {loop}"
+            name = f"{self.mode}, {self.k} steps/call"
         if self.microbatches > 1:
             name += f", {self.microbatches} microbatches of {BATCH // self.microbatches}"
         return name
@@ -175,20 +174,18 @@ class JdlVariant:
 
 JDL_VARIANTS = (
     JdlVariant("jit", "step"),
-    JdlVariant("jit", "unroll", 8),
-    JdlVariant("jit", "unroll", 16),
-    JdlVariant("jit", "scan", 8),
+    JdlVariant("jit", "steps", 8),
     JdlVariant("jit", "epoch"),
-    JdlVariant("jit", "scan", 8, microbatches=4),
+    JdlVariant("jit", "steps", 8, microbatches=4),
     JdlVariant("jit", "epoch", microbatches=4),
-    *(JdlVariant(mode, form, k) for mode in MODES[1:] for form, k in (("step", 1), ("scan", 8))),
+    *(JdlVariant(mode, form, k) for mode in MODES[1:] for form, k in (("step", 1), ("steps", 8))),
 )
 
 
 # The GAN's steps take seconds on a laptop CPU: its single step, K steps and an epoch only.
 DCGAN_VARIANTS = (
     JdlVariant("jit", "step"),
-    JdlVariant("jit", "scan", 8),
+    JdlVariant("jit", "steps", 8),
     JdlVariant("jit", "epoch"),
 )
 EPOCH_EXAMPLES = {"cnn": 8192, "dcgan": 1024}  # resident data of the on-device epoch
@@ -200,7 +197,7 @@ def compile_jdl(strategy: Strategy, variant: JdlVariant, step: Callable) -> Call
         return strategy.compile_train(step)
     if variant.form == "epoch":
         return strategy.compile_train_epoch(step, BATCH)
-    return strategy.compile_train_steps(step, unroll=variant.form == "unroll")
+    return strategy.compile_train_steps(step)
 
 
 def jdl_state_and_step(model_name: str, microbatches: int = 1):

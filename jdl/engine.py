@@ -14,6 +14,7 @@ Without a workdir nothing is written: no checkpoints, no metric files, no figure
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import time
 from collections.abc import Iterator, Sequence
@@ -307,15 +308,17 @@ class Trainer:
             yield state, in_flight.push(metrics), done
 
     def _placed_calls(self, batches: Iterator[dict]) -> Iterator[tuple]:
-        """(compiled function, device batch, steps) per call: K stacked batches at a time,
-        single ones for K == 1, a short tail, or part of an on-device epoch."""
+        """(compiled function, device batch, steps) per call: K stacked batches at a time
+        (a short tail padded to K with its last batch, which is not run), single ones for
+        K == 1 or part of an on-device epoch."""
         k = self.steps_per_call
         for chunk in _chunks(batches, k):
-            if len(chunk) == k and k > 1:
-                yield self.multi, self.strategy.put_batch(_stack(chunk), stacked=True), k
-            else:
-                for batch in chunk:
-                    yield self.single, self.strategy.put_batch(batch), 1
+            if k == 1:
+                yield self.single, self.strategy.put_batch(chunk[0]), 1
+                continue
+            padded = chunk + chunk[-1:] * (k - len(chunk))
+            run = functools.partial(self.multi, num_steps=len(chunk))
+            yield run, self.strategy.put_batch(_stack(padded), stacked=True), len(chunk)
 
 
 def evaluate(eval_fn, state, dataset: Dataset, strategy: Strategy) -> dict:

@@ -51,6 +51,19 @@ def test_nothing_compiles_after_the_first_epoch(tmp_path, monkeypatch, compile_c
     assert counts_after_epoch[1] == counts_after_epoch[2] == counts_after_epoch[0]
 
 
+def test_an_epochs_short_tail_compiles_nothing_more(tmp_path, compile_count):
+    """22 steps at 4 per call end in a tail of 2, run by the 4-step program; 20 have none."""
+    compiled = []
+    for num_steps in (20, 22):
+        before = compile_count()
+        config = small_config(num_steps=num_steps, parallel="jit", steps_per_call=4)
+        result = train_and_evaluate(config, tmp_path / str(num_steps))
+        assert int(result.state.step) == num_steps
+        compiled.append(compile_count() - before)
+    assert compiled[0] > 0
+    assert compiled[1] == compiled[0]
+
+
 def test_compilation_cache_dir_fills_with_compiled_programs(tmp_path):
     previous = (
         jax.config.jax_compilation_cache_dir,

@@ -13,28 +13,34 @@ def _sum_over_steps(metrics):
     return jax.tree_util.tree_map(lambda x: jnp.sum(x, axis=0), metrics)
 
 
-def scan_steps(step: Step, unroll: bool = False) -> Step:
-    """A step over batches stacked on a leading K axis; metrics are summed over the K steps.
+def scan_steps(step: Step) -> Step:
+    """A step over batches stacked on a leading K axis; metrics are summed over the steps.
 
-    The K steps run as a `lax.scan`, which compiles one step's program. `unroll` writes
-    them out in one straight-line program instead, for steps whose XLA:CPU convolutions
-    run an order of magnitude slower inside a loop body (the GAN's strided and transposed
-    ones; jdl's CNN computes its convolutions as matmuls on CPU and has no such problem).
+    `num_steps` (a traced int, all K by default) runs only the first that many batches, so
+    an epoch's short tail goes through the same compiled program, padded to K, instead of
+    compiling the single step too. The steps run in one loop, which compiles one step's
+    program (jdl's convolutions are matmuls on CPU, as fast in a loop body as outside it).
     """
 
-    def run(state, batches, rng, *, axis_name=None):
-        def body(state, batch):
+    def run(state, batches, rng, num_steps=None, *, axis_name=None):
+        def one_step(state, batch):
             return step(state, batch, rng, axis_name=axis_name)
 
-        if not unroll:
-            state, metrics = lax.scan(body, state, batches)
-            return state, _sum_over_steps(metrics)
-        num_steps = jax.tree_util.tree_leaves(batches)[0].shape[0]
-        totals = None
-        for k in range(num_steps):
-            state, metrics = body(state, jax.tree_util.tree_map(lambda x, k=k: x[k], batches))
-            totals = metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, metrics)
-        return state, totals
+        def body(k, carry):
+            state, totals = carry
+            batch = jax.tree_util.tree_map(
+                lambda x: lax.dynamic_index_in_dim(x, k, 0, False), batches
+            )
+            state, metrics = one_step(state, batch)
+            return state, jax.tree_util.tree_map(jnp.add, totals, metrics)
+
+        first = jax.tree_util.tree_map(lambda x: x[0], batches)
+        zeros = jax.tree_util.tree_map(
+            lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(one_step, state, first)[1]
+        )
+        if num_steps is None:
+            num_steps = jax.tree_util.tree_leaves(batches)[0].shape[0]
+        return lax.fori_loop(0, num_steps, body, (state, zeros))
 
     return run
 

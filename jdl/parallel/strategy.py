@@ -102,14 +102,22 @@ class Strategy:
         """(state, batch, rng) -> (state, metrics), state donated."""
         return self._compile(functools.partial(step, **step_kwargs), batch_spec=P(DATA_AXIS))
 
-    def compile_train_steps(self, step: Callable, unroll: bool = False, **step_kwargs) -> Callable:
-        """(state, batches_KxB, rng) -> (state, metrics summed over K): K steps per call.
+    def compile_train_steps(self, step: Callable, **step_kwargs) -> Callable:
+        """(state, batches_KxB, rng, num_steps=K) -> (state, metrics summed over the steps).
 
-        A `lax.scan` by default; `unroll` (see `scan_steps`) writes the K steps out, at a
-        compile time that grows with K.
+        Runs the first `num_steps` of K stacked batches (see `scan_steps`); every count
+        goes through one compiled program.
         """
         step = functools.partial(step, **step_kwargs)
-        return self._compile(scan_steps(step, unroll), batch_spec=P(None, DATA_AXIS))
+        compiled = self._compile(scan_steps(step), batch_spec=P(None, DATA_AXIS), num_extra=1)
+        placed_count = functools.cache(lambda n: self.put_replicated(np.int32(n)))
+
+        def run(state, batches, rng, num_steps=None):
+            if num_steps is None:  # all K; pmap's batches lead with the device axis
+                num_steps = jax.tree_util.tree_leaves(batches)[0].shape[self.mode == "pmap"]
+            return compiled(state, batches, rng, placed_count(num_steps))
+
+        return run
 
     def compile_train_epoch(self, step: Callable, batch_size: int, **step_kwargs) -> Callable:
         """(state, data, rng) -> (state, metrics): one epoch over replicated resident data."""
@@ -165,25 +173,32 @@ class Strategy:
             compiled = jax.jit(predict_step)
         return lambda state, batch: jax.device_get(compiled(state, batch))
 
-    def _compile(self, fn: Callable, batch_spec: P, data_replicated: bool = False) -> Callable:
+    def _compile(
+        self, fn: Callable, batch_spec: P, data_replicated: bool = False, num_extra: int = 0
+    ) -> Callable:
+        """`fn(state, batch, rng, *extra)` compiled for the mode, state donated; the
+        `num_extra` trailing arguments are replicated like the state."""
         if self.mode == "pmap":
             # pmap sizes its axis from a mapped argument, and replicated resident data maps
             # none, so every call also passes the (otherwise unused) local device indices.
             pmapped = jax.pmap(
-                lambda state, batch, rng, _device_index: fn(state, batch, rng, axis_name=PMAP_AXIS),
+                lambda device_index, state, batch, rng, *extra: fn(
+                    state, batch, rng, *extra, axis_name=PMAP_AXIS
+                ),
                 axis_name=PMAP_AXIS,
-                in_axes=(None, None if data_replicated else 0, None, 0),
+                in_axes=(0, None, None if data_replicated else 0, None) + (None,) * num_extra,
                 out_axes=(None, None),
                 devices=self.local_devices,
-                donate_argnums=(0,),
+                donate_argnums=(1,),
             )
             device_indices = np.arange(len(self.local_devices))
-            return lambda state, batch, rng: pmapped(state, batch, rng, device_indices)
+            return lambda *args: pmapped(device_indices, *args)
         if self.mode == "sharded":
             batch_sharding = NamedSharding(self.mesh, batch_spec)
             return jax.jit(
                 fn,
-                in_shardings=(self.replicated, batch_sharding, self.replicated),
+                in_shardings=(self.replicated, batch_sharding, self.replicated)
+                + (self.replicated,) * num_extra,
                 out_shardings=(self.replicated, self.replicated),
                 donate_argnums=(0,),
             )
