@@ -470,7 +470,8 @@ class _Run:
 
     def train(self, host_state) -> TrainResult:
         start_time = time.perf_counter()
-        state = self.strategy.put_replicated(host_state)
+        # A copy: the steps donate their state, and the task's own stays usable.
+        state = self.strategy.put_replicated(host_state, copy=True)
         progress = _Progress(step=int(host_state.step))
         window = _Window(progress.step, self.dataset.batch_size)
         for callback in self.callbacks:

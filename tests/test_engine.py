@@ -73,12 +73,15 @@ def test_engine_without_workdir_writes_nothing_and_equals_train_and_evaluate(
     dataset = load_config_dataset(config)
     monkeypatch.chdir(tmp_path)
     settings = settings_from_config(config, "mlp")
-    result = engine.train(make_task(config, dataset), dataset, Strategy("jit"), settings)
+    task = make_task(config, dataset)
+    result = engine.train(task, dataset, Strategy("jit"), settings)
     assert list(tmp_path.iterdir()) == []  # no checkpoints, metrics or figures anywhere
     assert [(h["epoch"], h["step"]) for h in result.history] == [(1, 22), (2, 44)]
     assert result.history[1]["train/loss"] < result.history[0]["train/loss"]
     assert result.history[-1]["eval/accuracy"] == result.metrics["eval/accuracy"] > 0.8
     assert_trees_equal(with_workdir.state.params, result.state.params)  # one engine
+    again = engine.train(task, dataset, Strategy("jit"), settings)  # its state is not used up
+    assert_trees_equal(again.state.params, result.state.params)
 
 
 def test_a_metric_after_eval_adds_ranks_checkpoints_declared_or_not(mlp_run):
@@ -88,9 +91,10 @@ def test_a_metric_after_eval_adds_ranks_checkpoints_declared_or_not(mlp_run):
     settings = dataclasses.replace(settings, best_metric="eval/margin", best_mode="max")
     with pytest.raises(ValueError, match=r"'eval/margin' is not produced"):
         engine.train(make_task(config, dataset), dataset, Strategy("jit"), settings)
+    task = make_task(config, dataset)
     for declared in (("margin",), None):  # None: checked at the first evaluation instead
         margin = dataclasses.replace(
-            make_task(config, dataset),  # a fresh state: training donates the last one
+            task,
             after_eval=lambda *_: {"margin": 0.5},
             after_eval_metrics=declared,
         )

@@ -69,13 +69,14 @@ class Strategy:
             )
 
     # --- placement -------------------------------------------------------------------
-    def put_replicated(self, tree: Any) -> Any:
+    def put_replicated(self, tree: Any, copy: bool = False) -> Any:
         """State, keys and resident data: one full copy on every device of the mode.
 
-        Every process passes the same values (same seed, same checkpoint).
+        Every process passes the same values (same seed, same checkpoint). `copy` never
+        hands back the caller's own arrays, which a compiled step would then donate.
         """
         if jax.process_count() == 1:
-            return jax.device_put(tree, self.replicated)
+            return jax.device_put(tree, self.replicated, may_alias=False if copy else None)
         return jax.tree_util.tree_map(lambda x: _put_global(x, self.replicated), tree)
 
     def put_batch(self, local_batch: dict, stacked: bool = False) -> dict:
