@@ -36,7 +36,7 @@ from jdl.metrics import (
     metric_mode,
     read_records,
 )
-from jdl.parallel import Strategy
+from jdl.parallel import Strategy, stacked_chunks
 from jdl.parallel.prefetch import prefetch
 from jdl.plots import plot_curves
 from jdl.preemption import PreemptedError, StopRequests
@@ -247,22 +247,6 @@ def restore(
 # 2. The trainer: one epoch's steps per call of `run_epoch`.
 
 
-def _chunks(batches: Iterator[dict], k: int) -> Iterator[list[dict]]:
-    """Groups batches into lists of k (the last list may be shorter)."""
-    chunk = []
-    for batch in batches:
-        chunk.append(batch)
-        if len(chunk) == k:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _stack(batches: list[dict]) -> dict:
-    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-
-
 class _TwoInFlight:
     """Keeps at most two compiled calls queued: with ~100 sharded calls queued, XLA:CPU's
     all-reduce over CPU devices timed out and aborted the process."""
@@ -309,16 +293,14 @@ class Trainer:
 
     def _placed_calls(self, batches: Iterator[dict]) -> Iterator[tuple]:
         """(compiled function, device batch, steps) per call: K stacked batches at a time
-        (a short tail padded to K with its last batch, which is not run), single ones for
-        K == 1 or part of an on-device epoch."""
-        k = self.steps_per_call
-        for chunk in _chunks(batches, k):
-            if k == 1:
-                yield self.single, self.strategy.put_batch(chunk[0]), 1
-                continue
-            padded = chunk + chunk[-1:] * (k - len(chunk))
-            run = functools.partial(self.multi, num_steps=len(chunk))
-            yield run, self.strategy.put_batch(_stack(padded), stacked=True), len(chunk)
+        (a short tail too, padded), single ones for K == 1 or part of an on-device epoch."""
+        if self.steps_per_call == 1:
+            for batch in batches:
+                yield self.single, self.strategy.put_batch(batch), 1
+            return
+        for stacked, count in stacked_chunks(batches, self.steps_per_call):
+            run = functools.partial(self.multi, num_steps=count)
+            yield run, self.strategy.put_batch(stacked, stacked=True), count
 
 
 def evaluate(eval_fn, state, dataset: Dataset, strategy: Strategy) -> dict:

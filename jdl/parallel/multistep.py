@@ -1,9 +1,11 @@
 """Many steps in one compiled call: K stacked batches, or a whole epoch of resident data."""
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Step = Callable  # (state, batch, rng, *, axis_name=None) -> (state, metrics)
@@ -43,6 +45,18 @@ def scan_steps(step: Step) -> Step:
         return lax.fori_loop(0, num_steps, body, (state, zeros))
 
     return run
+
+
+def stacked_chunks(batches: Iterator[dict], k: int) -> Iterator[tuple[dict, int]]:
+    """(K host batches stacked on a leading axis, how many of them to run) for `scan_steps`.
+
+    A short last chunk is padded to K with copies of its last batch, which are not run, so
+    every call has the same shapes and goes through one compiled program.
+    """
+    batches = iter(batches)
+    while chunk := list(itertools.islice(batches, k)):
+        padded = chunk + chunk[-1:] * (k - len(chunk))
+        yield {key: np.stack([b[key] for b in padded]) for key in chunk[0]}, len(chunk)
 
 
 def epoch_steps(step: Step, batch_size: int, batch_sharding=None) -> Step:

@@ -27,6 +27,8 @@ from jdl.models import configure
 from jdl.models.cnn import CNN
 from jdl.models.gan import Discriminator, Generator
 from jdl.optimizers import decay_mask, make_schedule
+from jdl.parallel import scan_steps, stacked_chunks
+from jdl.parallel.prefetch import prefetch
 from jdl.state import GANState, TrainState, create_gan_state, create_train_state
 from jdl.steps.classification import eval_step, train_step
 from jdl.steps.gan import from_tanh_range, gan_eval_step, gan_train_step, generate
@@ -36,6 +38,7 @@ from jdl.tasks.classification import init_rng
 
 CLASSIFIER_HIDDEN = 128  # width of the feature layer the Frechet distance is measured on
 CLASSIFIER_LEARNING_RATE = 1e-3
+CLASSIFIER_STEPS_PER_CALL = 8  # one compiled loop per 8 steps, the next batches made meanwhile
 SAMPLE_SEED_OFFSET = 7919  # fixed noise for grids and FID, derived from config.seed
 QUALITY_METRICS = ("fid", "inception_score", "classifier_accuracy")  # evaluated with FID only
 GRID_DIR = "samples"
@@ -95,12 +98,14 @@ def train_classifier(dataset: Dataset, num_steps: int, seed: int) -> tuple[Train
     model = CNN(dense_size=CLASSIFIER_HIDDEN, num_outputs=dataset.info.num_classes)
     tx = optax.adam(CLASSIFIER_LEARNING_RATE)
     state = create_train_state(model, tx, dataset.info.input_shape, jax.random.key(seed))
-    step, evaluate = jax.jit(train_step), jax.jit(eval_step)
+    steps = jax.jit(scan_steps(train_step), donate_argnums=(0,))
+    evaluate = jax.jit(eval_step)
     rng = jax.random.key(seed)
     for epoch in range(-(-num_steps // dataset.steps_per_epoch)):
-        batches = dataset.train_batches(epoch)
-        for batch in global_batches(itertools.islice(batches, num_steps - int(state.step))):
-            state, _ = step(state, batch, rng)
+        batches = itertools.islice(dataset.train_batches(epoch), num_steps - int(state.step))
+        chunks = stacked_chunks(global_batches(prefetch(batches)), CLASSIFIER_STEPS_PER_CALL)
+        for stacked, count in chunks:
+            state, _ = steps(state, stacked, rng, np.int32(count))
     totals = None
     for batch in global_batches(dataset.eval_batches()):
         totals = merge(totals, evaluate(state, batch))
