@@ -187,6 +187,15 @@ def test_eval_step_is_deterministic_and_skips_padding():
     assert float(metrics["d_real"]) == pytest.approx(expected, rel=1e-5)
 
 
+def test_each_eval_batch_is_scored_on_fakes_of_its_own():
+    state = small_state()
+    first, second = digit_batch(1, batch_size=16), digit_batch(2, batch_size=16)
+    fakes_first = jax.jit(gan_eval_step)(state, first)["d_fake"]
+    fakes_second = jax.jit(gan_eval_step)(state, second)["d_fake"]
+    # The same state scores both, so D(G(z)) can differ only through the noise z.
+    assert abs(float(fakes_first) - float(fakes_second)) > 1e-4
+
+
 @functools.cache
 def compiled_step(mode: str):
     """The strategy and its compiled train step: two D steps per G step, label smoothing."""

@@ -15,7 +15,7 @@ from jdl import losses
 from jdl.state import GANState, TrainState
 from jdl.steps.classification import bind_axis
 
-EVAL_NOISE_SEED = 1234  # eval fakes: fixed noise per step, so an eval is reproducible
+EVAL_NOISE_SEED = 1234  # eval fakes: noise fixed by step and batch, so an eval is reproducible
 
 
 def to_tanh_range(images: jax.Array) -> jax.Array:
@@ -167,17 +167,26 @@ def gan_train_step(
     return state.replace(step=state.step + 1), metrics
 
 
+def _pixel_digest(images: jax.Array, axis_name=None) -> jax.Array:
+    """A uint32 fingerprint of the global batch: the sum of its pixels as 8-bit integers,
+    wrapping. Integer sums are exact in any order, so jit, sharded and pmap agree."""
+    digest = jnp.sum(jnp.round(images * 255.0).astype(jnp.uint32), dtype=jnp.uint32)
+    return digest if axis_name is None else lax.psum(digest, axis_name)
+
+
 def gan_eval_step(
     state: GANState, batch: dict, *, axis_name: str | None = None, loss: str = "non_saturating"
 ) -> dict:
     """D's losses and probabilities on the real eval images and on as many fresh fakes.
 
     Both networks run in inference mode (running batch statistics). The fakes come from a
-    key fixed by the state's step, so evaluating a state twice gives the same numbers.
+    key fixed by the state's step and the batch's pixels: each eval batch gets fakes of its
+    own, and evaluating a state twice gives the same numbers.
     """
     real = to_tanh_range(batch["image"])
     weights_B = batch.get("mask", jnp.ones(real.shape[0], jnp.float32)).astype(jnp.float32)
     rng = jax.random.fold_in(jax.random.key(EVAL_NOISE_SEED), state.step)
+    rng = jax.random.fold_in(rng, _pixel_digest(batch["image"], axis_name))
     z = latent_noise(rng, real.shape[0], state.latent_dim, axis_name)
     fake, _ = generate(state.generator, z, train=False)
     disc = state.discriminator
