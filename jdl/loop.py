@@ -5,6 +5,7 @@ engine's `Settings`. The workdir keeps the resolved config (config.json, see
 `jdl.workdir`), so that a run can be rebuilt from it and a foreign workdir is refused.
 """
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -134,8 +135,16 @@ def train_and_evaluate(
     strategy.check_batch_size(config.batch_size)
     strategy.check_batch_size(config.eval_batch_size)
     dataset = dataset or load_config_dataset(config)
-    task = make_task(config, dataset, model=model)
-    described = workdirs.resolved_config(config, model)
-    workdirs.check_or_record(workdir, described, dataset)
-    settings = settings_from_config(config, label=described.model.name)
-    return engine.train(task, dataset, strategy, settings, workdir)
+    with matmul_precision(config.matmul_precision):
+        task = make_task(config, dataset, model=model)
+        described = workdirs.resolved_config(config, model)
+        workdirs.check_or_record(workdir, described, dataset)
+        settings = settings_from_config(config, label=described.model.name)
+        return engine.train(task, dataset, strategy, settings, workdir)
+
+
+def matmul_precision(precision: str | None) -> contextlib.AbstractContextManager:
+    """JAX's `default_matmul_precision(precision)` for the run; None leaves JAX's setting."""
+    if precision is None:
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(precision)

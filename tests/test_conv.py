@@ -232,3 +232,68 @@ def test_only_wide_layers_on_small_maps_run_per_tap():
     assert not runs_per_tap(dcgan_layer(False), (14, 14), 64)  # too few channels
     assert not runs_per_tap(dcgan_layer(False, (1, 1)), (14, 14), 128)  # 84 % in the image
     assert not runs_per_tap(PatchConv(128, (3, 3)), (32, 32), 128)
+
+
+def rounded_to_bfloat16(x: jax.Array) -> jax.Array:
+    return x.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+# (ours, flax's, input H x W x C, features, strides): the DCGAN's layer kinds, among them the
+# generator's 7x7 256 -> 128 layer, which runs per tap in float32.
+BFLOAT16_LAYERS = [
+    (PatchConv, nn.Conv, (14, 14, 64), 128, (2, 2)),
+    (PatchConvTranspose, nn.ConvTranspose, (7, 7, 256), 128, (1, 1)),
+    (PatchConvTranspose, nn.ConvTranspose, (7, 7, 32), 16, (2, 2)),
+]
+
+
+@pytest.mark.parametrize(("ours", "theirs", "shape", "features", "strides"), BFLOAT16_LAYERS)
+def test_bfloat16_precision_rounds_the_operands_and_sums_in_float32(
+    ours, theirs, shape, features, strides
+):
+    """Products of bfloat16 numbers are exact in float32, so the layer must equal flax's
+    float32 layer applied to rounded operands, up to the order of the float32 sums; its
+    input gradient the same of the rounded output gradient, and so its kernel gradient."""
+    layer = ours(features, (5, 5), strides, precision="bfloat16")
+    reference = theirs(features, (5, 5), strides)
+    x = jax.random.normal(jax.random.key(0), (2, *shape))
+    variables = layer.init(jax.random.key(1), x)
+    kernel, bias = variables["params"]["kernel"], variables["params"]["bias"] + 0.1
+    y, pullback = jax.vjp(
+        lambda k, x: layer.apply({"params": {"kernel": k, "bias": bias}}, x), kernel, x
+    )
+    g = jax.random.normal(jax.random.key(2), y.shape)
+    kernel_grad, x_grad = pullback(g)
+
+    def reference_of_rounded(k, x):
+        return reference.apply({"params": {"kernel": k, "bias": bias}}, x)
+
+    expected, expected_pullback = jax.vjp(
+        reference_of_rounded, rounded_to_bfloat16(kernel), rounded_to_bfloat16(x)
+    )
+    expected_kernel_grad, expected_x_grad = expected_pullback(rounded_to_bfloat16(g))
+    for ours_value, value in [
+        (y, expected),
+        (x_grad, expected_x_grad),
+        (kernel_grad, expected_kernel_grad),
+    ]:
+        assert ours_value.dtype == jnp.float32
+        scale = float(jnp.max(jnp.abs(value)))
+        np.testing.assert_allclose(ours_value, value, rtol=1e-4, atol=1e-5 * scale)
+    # The unrounded float32 layer differs by bfloat16's rounding, far beyond that tolerance.
+    full = reference.apply({"params": {"kernel": kernel, "bias": bias}}, x)
+    assert float(jnp.max(jnp.abs(y - full))) > 1e-3 * float(jnp.max(jnp.abs(full)))
+
+
+def test_jax_default_matmul_precision_applies_unless_the_layer_sets_its_own():
+    x = jax.random.normal(jax.random.key(0), (2, 14, 14, 8))
+    variables = PatchConv(16, (5, 5), (2, 2)).init(jax.random.key(1), x)
+
+    def output(**fields):
+        return jax.jit(PatchConv(16, (5, 5), (2, 2), **fields).apply)(variables, x)
+
+    low, full = output(precision="bfloat16"), output()
+    assert not np.array_equal(low, full)
+    with jax.default_matmul_precision("bfloat16"):
+        np.testing.assert_array_equal(output(), low)
+        np.testing.assert_array_equal(output(precision="float32"), full)

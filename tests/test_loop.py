@@ -167,12 +167,22 @@ def test_early_stopping_ends_a_run_that_stops_improving(tmp_path):
         ({"optimizer": "adamax"}, r"Unknown optimizer 'adamax'.*'adam'"),
         ({"dataset": "imagenet"}, r"Unknown dataset 'imagenet'.*digits"),
         ({"parallel": "tpu"}, r"Unknown compile mode.*'pmap'"),
+        ({"matmul_precision": "half"}, r"Unknown matmul_precision 'half'.*'bfloat16'"),
         ({"batch_size": 60, "parallel": "pmap"}, r"60 is not divisible by the 8 devices"),
     ],
 )
 def test_bad_config_raises_a_clear_error(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         train_and_evaluate(small_config(**override), tmp_path)
+
+
+def test_a_bfloat16_run_learns_with_float32_parameters_that_differ_from_a_float32_run(tmp_path):
+    full = train_and_evaluate(small_config(), tmp_path / "float32")
+    low = train_and_evaluate(small_config(matmul_precision="bfloat16"), tmp_path / "bfloat16")
+    assert low.metrics["eval/accuracy"] >= 0.9
+    kernels = [r.state.params["Conv_0"]["kernel"] for r in (full, low)]
+    assert kernels[1].dtype == np.float32
+    assert 0 < np.max(np.abs(kernels[1] - kernels[0])) < 0.1 * np.max(np.abs(kernels[0]))
 
 
 def test_unknown_config_key_is_named(tmp_path):

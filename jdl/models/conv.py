@@ -10,9 +10,16 @@ checkpoints move between them. `conv` / `conv_transpose` pick them on CPU
 (`conv_impl="auto"`) and flax's layers on GPUs and TPUs, which run native convolutions
 better. Reverse mode only: the gradients are `custom_vjp`s, so `jax.jvp` / `jax.jacfwd`
 through them fail; use `conv_impl="xla"` there.
+
+Precision: XLA:CPU ignores a matmul's `precision` and computes float32 products in full.
+These layers honour "bfloat16" (the layer's `precision`, else JAX's
+`default_matmul_precision`) as a TPU does: operands rounded to bfloat16, products summed in
+float32. On CPUs with bfloat16 matrix units (Intel AMX) their matmuls then run several
+times faster.
 """
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -20,10 +27,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
-from flax.linen.linear import PaddingLike, canonicalize_padding
+from flax.linen.linear import PaddingLike, PrecisionLike, canonicalize_padding
 from jax import lax
 
 CONV_IMPLS = ("auto", "im2col", "xla")
+BFLOAT16_PRECISIONS = ("bfloat16", "BF16_BF16_F32", lax.DotAlgorithmPreset.BF16_BF16_F32)
 Pads = list[tuple[int, int]]
 
 
@@ -101,13 +109,49 @@ sum_of_windows.defvjp(
 
 
 # --- the matmul, its kernel gradient in the orientation XLA:CPU runs fast --------------------
-@jax.custom_vjp
-def matmul(a_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
-    """`a @ w` (`a` may have leading axes), its kernel gradient from `kernel_gradient`."""
-    return a_MxK @ w_KxN
+def operand_dtype(precision, compute_dtype) -> jnp.dtype | None:
+    """bfloat16 where float32 matmuls should take one bfloat16 pass (`precision`, or if None
+    JAX's `default_matmul_precision`, asks for it); None: operands as they are."""
+    if precision is None:
+        precision = jax.config.jax_default_matmul_precision
+    if compute_dtype != jnp.float32 or precision not in BFLOAT16_PRECISIONS:
+        return None
+    return jnp.bfloat16
 
 
-def kernel_gradient(a_MxK: jax.Array, g_MxN: jax.Array) -> jax.Array:
+def _cast(x: jax.Array, dtype) -> jax.Array:
+    return x if dtype is None else x.astype(dtype)
+
+
+def _dot(a: jax.Array, b: jax.Array, low) -> jax.Array:
+    """`a @ b`; with `low` (an `operand_dtype`), of the operands cast to it, summed in float32."""
+    if low is None:
+        return a @ b
+    return jnp.matmul(_cast(a, low), _cast(b, low), preferred_element_type=jnp.float32)
+
+
+def _transposed(x_MxK: jax.Array, low) -> jax.Array:
+    """`x.T`; with `low`, a row-major copy of it.
+
+    XLA lays a transpose out as a view (even behind an optimization barrier) and runs a
+    bfloat16 dot with a transposed view for an operand in float32, at a fifth of the
+    speed. Splitting the rows first makes the transpose a copy.
+    """
+    if low is None:
+        return x_MxK.T
+    m, k = x_MxK.shape
+    block = math.gcd(m, 128)
+    return x_MxK.reshape(m // block, block, k).transpose(2, 0, 1).reshape(k, m)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def matmul(a_MxK: jax.Array, w_KxN: jax.Array, low=None) -> jax.Array:
+    """`a @ w` (`a` may have leading axes, `low` as in `_dot`), its kernel gradient from
+    `kernel_gradient`."""
+    return _dot(a_MxK, w_KxN, low)
+
+
+def kernel_gradient(a_MxK: jax.Array, g_MxN: jax.Array, low=None) -> jax.Array:
     """`a^T g` [K, N], summed over the M rows, as a matmul of row-major operands.
 
     Left to autodiff, XLA:CPU lays such a product out as it likes: for the DCGAN's 14x14
@@ -118,18 +162,20 @@ def kernel_gradient(a_MxK: jax.Array, g_MxN: jax.Array) -> jax.Array:
     transpose back into the dot.
     """
     if a_MxK.shape[1] <= g_MxN.shape[1]:
-        return lax.optimization_barrier(a_MxK.T) @ g_MxN
-    return lax.optimization_barrier(g_MxN.T @ a_MxK).T
+        return _dot(lax.optimization_barrier(_transposed(a_MxK, low)), g_MxN, low)
+    return lax.optimization_barrier(_dot(_transposed(g_MxN, low), a_MxK, low)).T
 
 
-def _matmul_fwd(a, w):
-    return a @ w, (a, w)
+def _matmul_fwd(a, w, low):
+    a, w = _cast(a, low), _cast(w, low)
+    return _dot(a, w, low), (a, w)
 
 
-def _matmul_bwd(residuals, g):
+def _matmul_bwd(low, residuals, g):
     a, w = residuals
-    dw = kernel_gradient(a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1]))
-    return g @ w.T, dw
+    g = _cast(g, low)
+    dw = kernel_gradient(a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1]), low)
+    return _dot(g, _transposed(w, low), low), dw
 
 
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
@@ -172,7 +218,7 @@ def _pad(x_BxHxWxC: jax.Array, pads: Pads) -> jax.Array:
 
 
 # --- transposed convolution as a matmul and a sum of windows ------------------------------
-def conv_transpose_as_matmul(x_BxHxWxC, kernel_HxWxCxF, strides, pads: Pads) -> jax.Array:
+def conv_transpose_as_matmul(x_BxHxWxC, kernel_HxWxCxF, strides, pads: Pads, low=None):
     """`lax.conv_transpose` (kernel not flipped) as one matmul and a sum of windows.
 
     The transposed convolution sends input pixel m, through tap t, to output
@@ -190,7 +236,10 @@ def conv_transpose_as_matmul(x_BxHxWxC, kernel_HxWxCxF, strides, pads: Pads) -> 
         _span(n, s) + k - 1 for n, k, s in zip(input_hw, kernel_hw, strides, strict=True)
     )
     y = sum_of_windows(
-        matmul(x_BxHxWxC, flipped.reshape(channels, -1)), tuple(kernel_hw), tuple(strides), full_hw
+        matmul(x_BxHxWxC, flipped.reshape(channels, -1), low),
+        tuple(kernel_hw),
+        tuple(strides),
+        full_hw,
     )
     return _pad(y, [(lo - k + 1, hi - k + 1) for k, (lo, hi) in zip(kernel_hw, pads, strict=True)])
 
@@ -351,16 +400,20 @@ def tap_conv(x_BxHxWxC, kernel_HxWxCxF, rows: AxisTaps, cols: AxisTaps) -> jax.A
 # skip much padding. Forward + backward at batch 128 against the patch form: 5x5 on 7x7 maps
 # (69 % of the products in the image) 256 -> 128 level, 128 -> 256 stride 2 faster, the DCGAN
 # step 10 % faster; 5x5 on 14x14 and 3x3 on 16x16 (84-88 %), 128 -> 128, 15-50 % slower;
-# 64 -> 128 and 128 -> 64 slower on every map.
+# 64 -> 128 and 128 -> 64 slower on every map. With bfloat16 operands (AMX) the products
+# cost less than the taps' float32 output sums: the patch form made the DCGAN step 10 %
+# faster.
 TAP_MATMUL_MIN_CHANNELS = 128
 TAP_MATMUL_MAX_IN_IMAGE_SHARE = 0.8
 
 
-def per_tap(channels: int, features: int, rows: AxisTaps, cols: AxisTaps) -> bool:
-    """Whether a layer runs as `tap_matmuls` rather than as one patch matmul."""
+def per_tap(channels: int, features: int, rows: AxisTaps, cols: AxisTaps, low) -> bool:
+    """Whether a layer runs as `tap_matmuls` (float32 operands only) rather than as one
+    patch matmul."""
     share = rows.in_image_share * cols.in_image_share
     return (
-        min(channels, features) >= TAP_MATMUL_MIN_CHANNELS
+        low is None
+        and min(channels, features) >= TAP_MATMUL_MIN_CHANNELS
         and share <= TAP_MATMUL_MAX_IN_IMAGE_SHARE
     )
 
@@ -370,7 +423,9 @@ class _PatchLayer(nn.Module):
     """The fields, parameters and bias of flax's 2-D conv layers; subclasses give the
     linear map. Same names, shapes, initializers and creation order as `nn.Conv` /
     `nn.ConvTranspose`, hence the same initial values and interchangeable checkpoints;
-    all promoted to the computation dtype (`dtype`, or the inputs' if None).
+    all promoted to the computation dtype (`dtype`, or the inputs' if None). `precision`
+    "bfloat16" (or None under JAX's `default_matmul_precision("bfloat16")`) takes float32
+    matmuls in one bfloat16 pass; other values compute in full, as XLA:CPU does.
 
     `before_bias`, if given, maps the linear map's output before the bias is added. It must
     commute with adding a per-channel constant, as max pooling does: then the layer's values
@@ -383,6 +438,7 @@ class _PatchLayer(nn.Module):
     padding: PaddingLike = "SAME"
     use_bias: bool = True
     dtype: jnp.dtype | str | None = None
+    precision: PrecisionLike = None
     before_bias: Callable[[jax.Array], jax.Array] | None = None
 
     @nn.compact
@@ -393,12 +449,13 @@ class _PatchLayer(nn.Module):
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         x, kernel, bias = promote_dtype(x_BxHxWxC, kernel, bias, dtype=self.dtype)
-        y = self.linear_map(x, kernel)
+        y = self.linear_map(x, kernel, operand_dtype(self.precision, x.dtype))
         if self.before_bias is not None:
             y = self.before_bias(y)
         return y if bias is None else y + bias
 
-    def linear_map(self, x_BxHxWxC: jax.Array, kernel_HxWxCxF: jax.Array) -> jax.Array:
+    def linear_map(self, x_BxHxWxC: jax.Array, kernel_HxWxCxF: jax.Array, low) -> jax.Array:
+        """The bias-free convolution, its matmuls' operands cast to `low` (see `_dot`)."""
         raise NotImplementedError
 
 
@@ -406,25 +463,25 @@ class PatchConv(_PatchLayer):
     """`nn.Conv` (2-D, no dilation or groups) as one matmul over image patches, or, with
     many channels on a small map, one matmul per kernel tap (`tap_matmuls`)."""
 
-    def linear_map(self, x_BxHxWxC, kernel_HxWxCxF):
+    def linear_map(self, x_BxHxWxC, kernel_HxWxCxF, low):
         pads = conv_pads(self.padding, x_BxHxWxC.shape[1:3], self.kernel_size, self.strides)
         taps = axes_taps(x_BxHxWxC.shape, self.kernel_size, self.strides, pads, conv_axis_taps)
-        if per_tap(x_BxHxWxC.shape[-1], self.features, *taps):
+        if per_tap(x_BxHxWxC.shape[-1], self.features, *taps, low):
             return tap_conv(x_BxHxWxC, kernel_HxWxCxF, *taps)
         patches = image_patches(_pad(x_BxHxWxC, pads), self.kernel_size, self.strides)
-        return matmul(patches, kernel_HxWxCxF.reshape(-1, self.features))
+        return matmul(patches, kernel_HxWxCxF.reshape(-1, self.features), low)
 
 
 class PatchConvTranspose(_PatchLayer):
     """`nn.ConvTranspose` (2-D, kernel not flipped) as one matmul and a sum of windows, or,
     with many channels on a small map, one matmul per kernel tap (`tap_matmuls`)."""
 
-    def linear_map(self, x_BxHxWxC, kernel_HxWxCxF):
+    def linear_map(self, x_BxHxWxC, kernel_HxWxCxF, low):
         pads = transpose_pads(self.padding, self.kernel_size, self.strides)
         taps = axes_taps(x_BxHxWxC.shape, self.kernel_size, self.strides, pads, transpose_axis_taps)
-        if per_tap(x_BxHxWxC.shape[-1], self.features, *taps):
+        if per_tap(x_BxHxWxC.shape[-1], self.features, *taps, low):
             return tap_conv(x_BxHxWxC, kernel_HxWxCxF, *taps)
-        return conv_transpose_as_matmul(x_BxHxWxC, kernel_HxWxCxF, self.strides, pads)
+        return conv_transpose_as_matmul(x_BxHxWxC, kernel_HxWxCxF, self.strides, pads, low)
 
 
 def _layer(patch_layer, flax_layer, conv_impl, features, kernel_size, before_bias, kwargs):
