@@ -113,6 +113,16 @@ def test_ranking_by_fid_with_fid_turned_off_fails_before_training():
     assert task.after_eval.make_quality is None
 
 
+def test_fid_is_measured_in_full_precision_whatever_the_runs_matmul_precision():
+    def scores():
+        task = make_task(tiny_config(), digits())  # a classifier of its own, trained at first
+        return task.after_eval(task.state, epoch=1, workdir=None)
+
+    full = scores()
+    with jax.default_matmul_precision("bfloat16"):
+        assert scores() == full
+
+
 def test_dcgan_experiment_writes_grids_and_fid_and_checkpoints_both_optimizers(tmp_path):
     x_train, y_train, x_eval, y_eval = digits_splits()
     dataset = from_arrays(  # 4 steps per epoch

@@ -148,8 +148,6 @@ class GANEvaluation:
             self.write_images(generator, epoch, Path(workdir))
         if self.make_quality is None:
             return {}
-        if self.quality is None:  # trained lazily: building a state for a restore skips it
-            self.quality = self.make_quality()
 
         def sample(num):
             z = jax.random.normal(self.fid_rng, (num, self.latent_dim))
@@ -157,7 +155,12 @@ class GANEvaluation:
                 [self.samples(generator, z[i : i + 500]) for i in range(0, num, 500)]
             )
 
-        return {**self.quality(sample), "classifier_accuracy": self.quality.classifier_accuracy}
+        # In full precision whatever the run's matmul_precision: one protocol for every run.
+        with jax.default_matmul_precision("float32"):
+            if self.quality is None:  # trained lazily: building a state for a restore skips it
+                self.quality = self.make_quality()
+            scores = self.quality(sample)
+        return {**scores, "classifier_accuracy": self.quality.classifier_accuracy}
 
     def write_images(self, generator: TrainState, epoch: int, workdir: Path) -> None:
         """samples/epoch_NNN.png, samples/progress.gif (all epochs so far), interpolation.png."""
