@@ -69,8 +69,12 @@ def torch_networks():
     return generator, discriminator
 
 
-def torch_run(images_NHWC: np.ndarray, batch: int) -> Callable[[int], None]:
-    """`run(n)`: n DCGAN steps of a plain PyTorch eager loop over `images` in [0, 1]."""
+def torch_run(images_NHWC: np.ndarray, batch: int, bfloat16=False) -> Callable[[int], None]:
+    """`run(n)`: n DCGAN steps of a plain PyTorch eager loop over `images` in [0, 1]; with
+    `bfloat16`, the forward passes under `torch.autocast` (bfloat16 convolutions and matmuls,
+    float32 parameters and losses), PyTorch's mixed precision on CPU."""
+    import contextlib
+
     import torch
     from torch.nn.functional import binary_cross_entropy_with_logits as bce
 
@@ -83,16 +87,21 @@ def torch_run(images_NHWC: np.ndarray, batch: int) -> Callable[[int], None]:
     ones, zeros = torch.ones(batch), torch.zeros(batch)
     calls = itertools.count()
 
+    def forward_precision():
+        return torch.autocast("cpu", torch.bfloat16) if bfloat16 else contextlib.nullcontext()
+
     def step() -> None:
         start = next(calls) % (len(images) // batch) * batch
         real = images[start : start + batch]
-        with torch.no_grad():
-            fake = generator(torch.randn(batch, LATENT_DIM))
-        d_loss = bce(discriminator(real)[:, 0], ones) + bce(discriminator(fake)[:, 0], zeros)
+        with forward_precision():
+            with torch.no_grad():
+                fake = generator(torch.randn(batch, LATENT_DIM))
+            d_loss = bce(discriminator(real)[:, 0], ones) + bce(discriminator(fake)[:, 0], zeros)
         d_opt.zero_grad()
         d_loss.backward()
         d_opt.step()
-        g_loss = bce(discriminator(generator(torch.randn(batch, LATENT_DIM)))[:, 0], ones)
+        with forward_precision():
+            g_loss = bce(discriminator(generator(torch.randn(batch, LATENT_DIM)))[:, 0], ones)
         g_opt.zero_grad()
         g_loss.backward()
         g_opt.step()

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 from benchmarks import dcgan_peers
-from jdl.loop import use_cpu_devices
+from jdl.loop import matmul_precision, use_cpu_devices
 from jdl.models import build_model
 from jdl.parallel import MODES, Strategy
 from jdl.parallel.allocator import ENV_VAR as KEEP_FREED_MEMORY_ENV_VAR
@@ -158,6 +158,7 @@ class JdlVariant:
     form: str
     k: int = 1
     microbatches: int = 1  # each step's gradient over this many slices of the batch
+    precision: str | None = None  # config.matmul_precision, e.g. "bfloat16"
 
     @property
     def name(self) -> str:
@@ -169,6 +170,8 @@ class JdlVariant:
             name = f"{self.mode}, {self.k} steps/call"
         if self.microbatches > 1:
             name += f", {self.microbatches} microbatches of {BATCH // self.microbatches}"
+        if self.precision:
+            name += f", {self.precision} matmuls"
         return name
 
 
@@ -182,12 +185,16 @@ JDL_VARIANTS = (
 )
 
 
-# The GAN's steps take seconds on a laptop CPU: its single step, K steps and an epoch only.
+# The GAN's steps take seconds on a laptop CPU: its single step, K steps and an epoch only;
+# and the first two with bfloat16 products (against PyTorch's autocast).
 DCGAN_VARIANTS = (
     JdlVariant("jit", "step"),
     JdlVariant("jit", "steps", 8),
     JdlVariant("jit", "epoch"),
+    JdlVariant("jit", "step", precision="bfloat16"),
+    JdlVariant("jit", "steps", 8, precision="bfloat16"),
 )
+BFLOAT16_NOTE = "bfloat16 products: compare with PyTorch's autocast row"
 EPOCH_EXAMPLES = {"cnn": 8192, "dcgan": 1024}  # resident data of the on-device epoch
 
 
@@ -234,13 +241,14 @@ def jdl_workload(model_name: str, variant: JdlVariant, data: dict, epoch_example
     def run(n: int) -> None:
         nonlocal state
         previous = None
-        for _ in range(n):
-            state, metrics = fn(state, feed(next(calls)), rng)
-            # Call n is queued before call n-1 is awaited: the device never idles, and the
-            # queue stays short (XLA:CPU's all-reduce over fake devices deadlocks when
-            # ~100 sharded or pmap calls are queued).
-            jax.block_until_ready(previous)
-            previous = metrics
+        with matmul_precision(variant.precision):  # traced and run under it
+            for _ in range(n):
+                state, metrics = fn(state, feed(next(calls)), rng)
+                # Call n is queued before call n-1 is awaited: the device never idles, and
+                # the queue stays short (XLA:CPU's all-reduce over fake devices deadlocks
+                # when ~100 sharded or pmap calls are queued).
+                jax.block_until_ready(previous)
+                previous = metrics
         jax.block_until_ready((state, metrics))
 
     return Workload(run, steps_per_call)
@@ -249,9 +257,15 @@ def jdl_workload(model_name: str, variant: JdlVariant, data: dict, epoch_example
 def jdl_cases(model_name: str, data: dict, args: argparse.Namespace) -> list[Case]:
     epoch_examples = args.epoch_examples or EPOCH_EXAMPLES.get(model_name, len(data["label"]))
     epoch_note = f"{epoch_examples // BATCH} steps per call"
+
+    def note(variant: JdlVariant) -> str:
+        if variant.precision:
+            return BFLOAT16_NOTE
+        return epoch_note if variant.form == "epoch" else ""
+
     return [
         (
-            Row("jdl", v.name, model_name, note=epoch_note if v.form == "epoch" else ""),
+            Row("jdl", v.name, model_name, note=note(v)),
             functools.partial(jdl_workload, model_name, v, data, epoch_examples),
         )
         for v in (DCGAN_VARIANTS if model_name == "dcgan" else JDL_VARIANTS)
@@ -289,10 +303,11 @@ def torch_model(model_name: str, input_shape=IMAGE_SHAPE):
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * side * side, NUM_CLASSES))
 
 
-def torch_workload(model_name: str, data: dict, compiled: bool) -> Workload:
-    """A plain eager loop: forward, cross-entropy, zero_grad, backward, Adam step."""
+def torch_workload(model_name: str, data: dict, compiled: bool, bfloat16: bool = False) -> Workload:
+    """A plain eager loop: forward, cross-entropy, zero_grad, backward, Adam step; the DCGAN's
+    also with its forward passes under bfloat16 autocast."""
     if model_name == "dcgan":
-        return Workload(dcgan_peers.torch_run(data["image"], BATCH))
+        return Workload(dcgan_peers.torch_run(data["image"], BATCH, bfloat16))
     import torch
 
     torch.manual_seed(0)
@@ -352,15 +367,20 @@ def torch_own_process_workload(model_name: str, data: dict) -> Workload:
 
 
 def torch_cases(model_name: str, data: dict, args: argparse.Namespace) -> list[Case]:
-    variants = (
-        (("eager", False),)
-        if model_name == "dcgan"
-        else (("eager", False), ("torch.compile", True))
-    )
     in_process = [
-        (Row("torch", variant, model_name), functools.partial(torch_workload, model_name, data, c))
-        for variant, c in variants
+        (
+            Row("torch", "eager", model_name),
+            functools.partial(torch_workload, model_name, data, False),
+        )
     ]
+    if model_name == "dcgan":
+        autocast = Row("torch", "eager, autocast bfloat16", model_name)
+        in_process.append(
+            (autocast, functools.partial(torch_workload, model_name, data, False, True))
+        )
+    else:
+        compiled = Row("torch", "torch.compile", model_name)
+        in_process.append((compiled, functools.partial(torch_workload, model_name, data, True)))
     own_process = Row(
         "torch",
         "eager, own process (glibc defaults)",

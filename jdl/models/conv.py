@@ -124,7 +124,8 @@ def _cast(x: jax.Array, dtype) -> jax.Array:
 
 
 def _dot(a: jax.Array, b: jax.Array, low) -> jax.Array:
-    """`a @ b`; with `low` (an `operand_dtype`), of the operands cast to it, summed in float32."""
+    """`a @ b`; with `low` (bfloat16, from `operand_dtype`), of the operands cast to it,
+    summed in float32."""
     if low is None:
         return a @ b
     return jnp.matmul(_cast(a, low), _cast(b, low), preferred_element_type=jnp.float32)
@@ -133,9 +134,9 @@ def _dot(a: jax.Array, b: jax.Array, low) -> jax.Array:
 def _transposed(x_MxK: jax.Array, low) -> jax.Array:
     """`x.T`; with `low`, a row-major copy of it.
 
-    XLA lays a transpose out as a view (even behind an optimization barrier) and runs a
-    bfloat16 dot with a transposed view for an operand in float32, at a fifth of the
-    speed. Splitting the rows first makes the transpose a copy.
+    XLA lays a transpose out as a view (even behind an optimization barrier), and converts a
+    bfloat16 dot with such a view for an operand to float32, a fifth of the speed. Splitting
+    the rows first makes the transpose a copy.
     """
     if low is None:
         return x_MxK.T
