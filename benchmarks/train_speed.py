@@ -367,20 +367,17 @@ def torch_own_process_workload(model_name: str, data: dict) -> Workload:
 
 
 def torch_cases(model_name: str, data: dict, args: argparse.Namespace) -> list[Case]:
+    # (variant, torch.compile, bfloat16 autocast): the DCGAN's second row is autocast, as jdl's
+    # bfloat16 rows need their like-for-like peer; the others' is torch.compile.
+    autocast, compiled = ("eager, autocast bfloat16", False, True), ("torch.compile", True, False)
+    second = autocast if model_name == "dcgan" else compiled
     in_process = [
         (
-            Row("torch", "eager", model_name),
-            functools.partial(torch_workload, model_name, data, False),
+            Row("torch", variant, model_name),
+            functools.partial(torch_workload, model_name, data, compiled, bfloat16),
         )
+        for variant, compiled, bfloat16 in (("eager", False, False), second)
     ]
-    if model_name == "dcgan":
-        autocast = Row("torch", "eager, autocast bfloat16", model_name)
-        in_process.append(
-            (autocast, functools.partial(torch_workload, model_name, data, False, True))
-        )
-    else:
-        compiled = Row("torch", "torch.compile", model_name)
-        in_process.append((compiled, functools.partial(torch_workload, model_name, data, True)))
     own_process = Row(
         "torch",
         "eager, own process (glibc defaults)",
