@@ -2,6 +2,7 @@
 
     python -m benchmarks.conv_ceiling                  # batch 128, 5 rounds
     python -m benchmarks.conv_ceiling --rounds 8 --out /tmp/ceiling.json
+    python -m benchmarks.conv_ceiling --in-step        # each layer's cost inside the step
 
 jdl runs every DCGAN convolution on CPU as matmuls (`jdl.models.conv`). Whatever the
 formulation, such a layer cannot beat its bare matmuls. This script times, per layer of
@@ -12,19 +13,28 @@ wasted taps); jdl's layer; and PyTorch's `Conv2d` / `ConvTranspose2d` (oneDNN). 
 the floors up over one DCGAN step (how often each pass of each layer runs in it) and times
 both whole steps. Everything is timed in one process, the libraries alternating round by
 round, the best round kept. A benchmark script, not a test.
+
+`--in-step` times instead what each layer costs inside a whole training step, where its
+operations share the two cores with the rest of the step: each library's step against
+the same step with that one layer computing only its kernel's centre tap (a 1x1
+convolution of the same stride and output, 1/25 of the products), in both libraries.
 """
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import json
 import os
 import sys
 import time
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from benchmarks import dcgan_peers
 from benchmarks.train_speed import INSTALL_HINT, machine
@@ -41,6 +51,7 @@ from jdl.parallel.allocator import keep_freed_memory
 
 KERNEL = (5, 5)
 PASSES = ("forward", "input grad", "kernel grad")
+LIBRARIES = ("jdl", "torch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +65,7 @@ class Layer:
     features: int
     stride: int
     runs_per_step: tuple[int, int, int]  # forward, input gradient, kernel gradient
+    path: tuple[str, str, int]  # network, jdl module name, index in PyTorch's Sequential
 
     def module(self):
         cls = PatchConvTranspose if self.transposed else PatchConv
@@ -73,12 +85,12 @@ class Layer:
 # for the first two, its input gradient wherever a gradient flows through (not into the
 # real images, so the first layer's only in G's update).
 DCGAN_LAYERS = (
-    Layer("D 28x28x1 -> 14x14x64", False, 28, 1, 64, 2, (3, 1, 2)),
-    Layer("D 14x14x64 -> 7x7x128", False, 14, 64, 128, 2, (3, 3, 2)),
-    Layer("D 7x7x128 -> 4x4x256", False, 7, 128, 256, 2, (3, 3, 2)),
-    Layer("G 7x7x256 -> 7x7x128", True, 7, 256, 128, 1, (2, 1, 1)),
-    Layer("G 7x7x128 -> 14x14x64", True, 7, 128, 64, 2, (2, 1, 1)),
-    Layer("G 14x14x64 -> 28x28x1", True, 14, 64, 1, 2, (2, 1, 1)),
+    Layer("D 28x28x1 -> 14x14x64", False, 28, 1, 64, 2, (3, 1, 2), ("D", "Conv_0", 0)),
+    Layer("D 14x14x64 -> 7x7x128", False, 14, 64, 128, 2, (3, 3, 2), ("D", "Conv_1", 2)),
+    Layer("D 7x7x128 -> 4x4x256", False, 7, 128, 256, 2, (3, 3, 2), ("D", "Conv_2", 4)),
+    Layer("G 7x7x256 -> 7x7x128", True, 7, 256, 128, 1, (2, 1, 1), ("G", "ConvTranspose_0", 4)),
+    Layer("G 7x7x128 -> 14x14x64", True, 7, 128, 64, 2, (2, 1, 1), ("G", "ConvTranspose_1", 7)),
+    Layer("G 14x14x64 -> 28x28x1", True, 14, 64, 1, 2, (2, 1, 1), ("G", "ConvTranspose_2", 10)),
 )
 
 
@@ -149,17 +161,114 @@ def torch_layer_fns(layer: Layer, batch: int) -> dict[str, Callable[[], None]]:
     return {"torch forward": forward, "torch fwd + bwd": forward_backward}
 
 
+def step_images(batch: int) -> np.ndarray:
+    return np.random.default_rng(0).random((batch, 28, 28, 1), np.float32)
+
+
+def jdl_step_fn(images: np.ndarray, centre_tap_only: Layer | None = None) -> Callable[[], None]:
+    """One whole DCGAN step of jdl's `gan_train_step` (jit), compiled and ready to call;
+    with `centre_tap_only`, that layer computes only its centre tap (`jdl_centre_tap`)."""
+    state = dcgan_peers.jdl_state()
+    step = jax.jit(lambda *args: dcgan_peers.JDL_STEP(*args))  # a trace of its own
+    batch, rng = {"image": jnp.asarray(images)}, jax.random.key(0)
+    with jdl_centre_tap(centre_tap_only) if centre_tap_only else contextlib.nullcontext():
+        jax.block_until_ready(step(state, batch, rng))  # traced (and compiled) here
+    return lambda: jax.block_until_ready(step(state, batch, rng))
+
+
+def torch_step_fn(images: np.ndarray, centre_tap_only: Layer | None = None) -> Callable[[], None]:
+    """One whole DCGAN step of PyTorch's eager loop; `centre_tap_only` as in `jdl_step_fn`."""
+    networks = None
+    if centre_tap_only:
+        networks = functools.partial(torch_networks_with_centre_tap, centre_tap_only)
+    run = dcgan_peers.torch_run(images, len(images), networks=networks)
+    return lambda: run(1)
+
+
 def step_fns(batch: int) -> dict[str, Callable[[], None]]:
     """One whole DCGAN step: jdl's `gan_train_step` (jit) and PyTorch's eager loop."""
-    state = dcgan_peers.jdl_state()
-    step = jax.jit(dcgan_peers.JDL_STEP)
-    images = np.random.default_rng(0).random((batch, 28, 28, 1), np.float32)
-    jdl_batch, rng = {"image": jnp.asarray(images)}, jax.random.key(0)
-    torch_run = dcgan_peers.torch_run(images, batch)
-    return {
-        "jdl step": lambda: jax.block_until_ready(step(state, jdl_batch, rng)),
-        "torch step": lambda: torch_run(1),
-    }
+    images = step_images(batch)
+    return {"jdl step": jdl_step_fn(images), "torch step": torch_step_fn(images)}
+
+
+# --- each layer's cost inside the step -------------------------------------------------------
+def centre_tap(x_BxHxWxC, kernel_HxWxCxF, stride: int, transposed: bool) -> jax.Array:
+    """The 1x1 convolution through the kernel's centre tap, with the layer's stride and output
+    size: PyTorch's `Conv2d` / `ConvTranspose2d` with a 1x1 kernel (output padding s - 1)."""
+    kh, kw = kernel_HxWxCxF.shape[:2]
+    centre = kernel_HxWxCxF[kh // 2, kw // 2]
+    if not transposed:
+        return x_BxHxWxC[:, ::stride, ::stride] @ centre
+    spread = (0, stride - 1, stride - 1)  # each pixel followed by s - 1 zeros
+    return lax.pad(x_BxHxWxC @ centre, 0.0, [(0, 0, 0), spread, spread, (0, 0, 0)])
+
+
+@contextlib.contextmanager
+def jdl_centre_tap(layer: Layer):
+    """While active (when a step is traced), `layer`'s module computes `centre_tap` only;
+    its parameters stay as they are."""
+    network, module_name, _ = layer.path
+    owner = {"G": "Generator", "D": "Discriminator"}[network]
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if (
+            context.method_name == "linear_map"
+            and module.name == module_name
+            and type(module.parent).__name__ == owner
+        ):
+            x, kernel, _ = args
+            return centre_tap(x, kernel, layer.stride, layer.transposed)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        yield
+
+
+def torch_networks_with_centre_tap(layer: Layer):
+    """PyTorch's DCGAN networks with `layer` computing only `centre_tap`, written with the
+    same operations (strided slice or zero interleave, channel matmul), weights unchanged;
+    a 1x1 `conv2d` through oneDNN cost more than some whole 5x5 layers."""
+    import torch
+
+    class CentreTap(torch.nn.Module):
+        def __init__(self, conv):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x_BxCxHxW):
+            conv, s = self.conv, layer.stride
+            centre = conv.weight[:, :, 2, 2]  # [in, out] transposed, [out, in] otherwise
+            if not layer.transposed:
+                y = torch.einsum("bchw,fc->bfhw", x_BxCxHxW[:, :, ::s, ::s], centre)
+                return y if conv.bias is None else y + conv.bias[:, None, None]
+            y = torch.einsum("bchw,cf->bfhw", x_BxCxHxW, centre)
+            b, f, h, w = y.shape
+            spread = y.new_zeros(b, f, h * s, w * s)
+            spread[:, :, ::s, ::s] = y
+            return spread if conv.bias is None else spread + conv.bias[:, None, None]
+
+    generator, discriminator = dcgan_peers.torch_networks()
+    network = generator if layer.path[0] == "G" else discriminator
+    network[layer.path[2]] = CentreTap(network[layer.path[2]])
+    return generator, discriminator
+
+
+def in_step_rows(batch: int, rounds: int, calls: int) -> tuple[list[dict], dict[str, float]]:
+    """Per layer, the ms each library's whole step loses when the layer computes only its
+    centre tap; and both whole steps' ms."""
+    images = step_images(batch)
+    fns = {"jdl": jdl_step_fn(images), "torch": torch_step_fn(images)}
+    for layer in DCGAN_LAYERS:
+        print(f"  {layer.name} ...", file=sys.stderr, flush=True)
+        fns[f"jdl {layer.name}"] = jdl_step_fn(images, layer)
+        fns[f"torch {layer.name}"] = torch_step_fn(images, layer)
+    ms = best_ms(fns, rounds, calls)
+    rows = [
+        {"layer": layer.name, **{lib: ms[lib] - ms[f"{lib} {layer.name}"] for lib in LIBRARIES}}
+        for layer in DCGAN_LAYERS
+    ]
+    return rows, {lib: ms[lib] for lib in LIBRARIES}
 
 
 def best_ms(fns: dict[str, Callable[[], None]], rounds: int, calls: int) -> dict[str, float]:
@@ -220,12 +329,32 @@ def table(rows: list[dict], steps: dict[str, float], batch: int) -> str:
     return "\n".join(lines)
 
 
+def in_step_table(rows: list[dict], steps: dict[str, float], batch: int) -> str:
+    lines = [
+        "| layer | jdl ms in the step | PyTorch ms in the step | jdl - PyTorch ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['layer']} | {r['jdl']:.0f} | {r['torch']:.0f} | {r['jdl'] - r['torch']:+.0f} |"
+        )
+    lines.append("")
+    lines += [
+        f"{name} step: {steps[lib]:.0f} ms ({batch / steps[lib] * 1e3:.0f} examples/s)"
+        for lib, name in zip(LIBRARIES, ("jdl", "PyTorch eager"), strict=True)
+    ]
+    return "\n".join(lines)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; best kept")
     parser.add_argument("--calls", type=int, default=3, help="calls per timed round")
     parser.add_argument("--out", help="also write the numbers as JSON here")
+    parser.add_argument(
+        "--in-step", action="store_true", help="each layer's cost inside the whole step instead"
+    )
     return parser.parse_args(argv)
 
 
@@ -244,17 +373,22 @@ def main(argv=None) -> None:
             f"conv_ceiling compares with PyTorch, which is not installed: {INSTALL_HINT}"
         ) from None
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    rows = []
-    for layer in DCGAN_LAYERS:
-        print(f"  {layer.name} ...", file=sys.stderr, flush=True)
-        rows.append(layer_row(layer, args.batch, args.rounds, args.calls))
-    steps = best_ms(step_fns(args.batch), args.rounds, args.calls)
+    if args.in_step:
+        rows, steps = in_step_rows(args.batch, args.rounds, args.calls)
+        text = in_step_table(rows, steps, args.batch)
+    else:
+        rows = []
+        for layer in DCGAN_LAYERS:
+            print(f"  {layer.name} ...", file=sys.stderr, flush=True)
+            rows.append(layer_row(layer, args.batch, args.rounds, args.calls))
+        steps = best_ms(step_fns(args.batch), args.rounds, args.calls)
+        text = table(rows, steps, args.batch)
     print(
         f"{info['cpu']}, {info['cores']} cores, load average {info['load_avg_1min_at_start']:.2f} "
         f"at the start, jax {info['jax']}, torch {info['torch']}, batch {args.batch}, "
         f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}\n"
     )
-    print(table(rows, steps, args.batch))
+    print(text)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"machine": info, "layers": rows, "steps_ms": steps}, f, indent=2)

@@ -69,10 +69,13 @@ def torch_networks():
     return generator, discriminator
 
 
-def torch_run(images_NHWC: np.ndarray, batch: int, bfloat16=False) -> Callable[[int], None]:
+def torch_run(
+    images_NHWC: np.ndarray, batch: int, bfloat16=False, networks=None
+) -> Callable[[int], None]:
     """`run(n)`: n DCGAN steps of a plain PyTorch eager loop over `images` in [0, 1]; with
     `bfloat16`, the forward passes under `torch.autocast` (bfloat16 convolutions and matmuls,
-    float32 parameters and losses), PyTorch's mixed precision on CPU."""
+    float32 parameters and losses), PyTorch's mixed precision on CPU. `networks` builds the
+    (generator, discriminator) pair, `torch_networks` by default."""
     import contextlib
 
     import torch
@@ -80,7 +83,7 @@ def torch_run(images_NHWC: np.ndarray, batch: int, bfloat16=False) -> Callable[[
 
     torch.manual_seed(0)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    generator, discriminator = torch_networks()
+    generator, discriminator = (networks or torch_networks)()
     g_opt = torch.optim.Adam(generator.parameters(), LEARNING_RATE, betas=(BETA1, 0.999))
     d_opt = torch.optim.Adam(discriminator.parameters(), LEARNING_RATE, betas=(BETA1, 0.999))
     images = torch.from_numpy(np.ascontiguousarray(images_NHWC.transpose(0, 3, 1, 2))) * 2 - 1
