@@ -3,6 +3,7 @@
     python -m benchmarks.conv_ceiling                  # batch 128, 5 rounds
     python -m benchmarks.conv_ceiling --rounds 8 --out /tmp/ceiling.json
     python -m benchmarks.conv_ceiling --in-step        # each layer's cost inside the step
+    python -m benchmarks.conv_ceiling --in-step --bfloat16   # ... with bfloat16 products
 
 jdl runs every DCGAN convolution on CPU as matmuls (`jdl.models.conv`). Whatever the
 formulation, such a layer cannot beat its bare matmuls. This script times, per layer of
@@ -18,6 +19,8 @@ round, the best round kept. A benchmark script, not a test.
 operations share the two cores with the rest of the step: each library's step against
 the same step with that one layer computing only its kernel's centre tap (a 1x1
 convolution of the same stride and output, 1/25 of the products), in both libraries.
+With `--bfloat16`, jdl's steps run under `default_matmul_precision("bfloat16")` and
+PyTorch's forward passes under `torch.autocast("cpu", torch.bfloat16)`.
 """
 
 import argparse
@@ -38,6 +41,7 @@ from jax import lax
 
 from benchmarks import dcgan_peers
 from benchmarks.train_speed import INSTALL_HINT, machine
+from jdl.loop import matmul_precision
 from jdl.models.conv import (
     PatchConv,
     PatchConvTranspose,
@@ -165,23 +169,35 @@ def step_images(batch: int) -> np.ndarray:
     return np.random.default_rng(0).random((batch, 28, 28, 1), np.float32)
 
 
-def jdl_step_fn(images: np.ndarray, centre_tap_only: Layer | None = None) -> Callable[[], None]:
+def jdl_step_fn(
+    images: np.ndarray, centre_tap_only: Layer | None = None, bfloat16: bool = False
+) -> Callable[[], None]:
     """One whole DCGAN step of jdl's `gan_train_step` (jit), compiled and ready to call;
-    with `centre_tap_only`, that layer computes only its centre tap (`jdl_centre_tap`)."""
+    with `centre_tap_only`, that layer computes only its centre tap (`jdl_centre_tap`);
+    with `bfloat16`, its matmuls take bfloat16 operands (`config.matmul_precision`)."""
     state = dcgan_peers.jdl_state()
     step = jax.jit(lambda *args: dcgan_peers.JDL_STEP(*args))  # a trace of its own
     batch, rng = {"image": jnp.asarray(images)}, jax.random.key(0)
+    precision = "bfloat16" if bfloat16 else None
+
+    def call():
+        with matmul_precision(precision):  # part of jit's cache key: traced and run under it
+            jax.block_until_ready(step(state, batch, rng))
+
     with jdl_centre_tap(centre_tap_only) if centre_tap_only else contextlib.nullcontext():
-        jax.block_until_ready(step(state, batch, rng))  # traced (and compiled) here
-    return lambda: jax.block_until_ready(step(state, batch, rng))
+        call()  # traced (and compiled) here, so with the stand-in
+    return call
 
 
-def torch_step_fn(images: np.ndarray, centre_tap_only: Layer | None = None) -> Callable[[], None]:
-    """One whole DCGAN step of PyTorch's eager loop; `centre_tap_only` as in `jdl_step_fn`."""
+def torch_step_fn(
+    images: np.ndarray, centre_tap_only: Layer | None = None, bfloat16: bool = False
+) -> Callable[[], None]:
+    """One whole DCGAN step of PyTorch's eager loop; `centre_tap_only` as in `jdl_step_fn`,
+    `bfloat16` its forward passes under autocast."""
     networks = None
     if centre_tap_only:
         networks = functools.partial(torch_networks_with_centre_tap, centre_tap_only)
-    run = dcgan_peers.torch_run(images, len(images), networks=networks)
+    run = dcgan_peers.torch_run(images, len(images), bfloat16, networks)
     return lambda: run(1)
 
 
@@ -254,15 +270,18 @@ def torch_networks_with_centre_tap(layer: Layer):
     return generator, discriminator
 
 
-def in_step_rows(batch: int, rounds: int, calls: int) -> tuple[list[dict], dict[str, float]]:
+def in_step_rows(
+    batch: int, rounds: int, calls: int, bfloat16: bool = False
+) -> tuple[list[dict], dict[str, float]]:
     """Per layer, the ms each library's whole step loses when the layer computes only its
     centre tap; and both whole steps' ms."""
     images = step_images(batch)
-    fns = {"jdl": jdl_step_fn(images), "torch": torch_step_fn(images)}
-    for layer in DCGAN_LAYERS:
-        print(f"  {layer.name} ...", file=sys.stderr, flush=True)
-        fns[f"jdl {layer.name}"] = jdl_step_fn(images, layer)
-        fns[f"torch {layer.name}"] = torch_step_fn(images, layer)
+    fns = {}
+    for layer in (None, *DCGAN_LAYERS):  # None: the whole step as it is
+        name = f" {layer.name}" if layer else ""
+        print(f"  step{name or ' as it is'} ...", file=sys.stderr, flush=True)
+        fns[f"jdl{name}"] = jdl_step_fn(images, layer, bfloat16)
+        fns[f"torch{name}"] = torch_step_fn(images, layer, bfloat16)
     ms = best_ms(fns, rounds, calls)
     rows = [
         {"layer": layer.name, **{lib: ms[lib] - ms[f"{lib} {layer.name}"] for lib in LIBRARIES}}
@@ -355,7 +374,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--in-step", action="store_true", help="each layer's cost inside the whole step instead"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--bfloat16", action="store_true", help="with --in-step: bfloat16 products, both libraries"
+    )
+    args = parser.parse_args(argv)
+    if args.bfloat16 and not args.in_step:
+        parser.error("--bfloat16 applies to --in-step only")
+    return args
 
 
 def main(argv=None) -> None:
@@ -374,7 +399,7 @@ def main(argv=None) -> None:
         ) from None
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     if args.in_step:
-        rows, steps = in_step_rows(args.batch, args.rounds, args.calls)
+        rows, steps = in_step_rows(args.batch, args.rounds, args.calls, args.bfloat16)
         text = in_step_table(rows, steps, args.batch)
     else:
         rows = []
@@ -386,12 +411,14 @@ def main(argv=None) -> None:
     print(
         f"{info['cpu']}, {info['cores']} cores, load average {info['load_avg_1min_at_start']:.2f} "
         f"at the start, jax {info['jax']}, torch {info['torch']}, batch {args.batch}, "
-        f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}\n"
+        f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
+        f"{', bfloat16 products (autocast in PyTorch)' if args.bfloat16 else ''}\n"
     )
     print(text)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"machine": info, "layers": rows, "steps_ms": steps}, f, indent=2)
+            numbers = {"machine": info, "bfloat16": args.bfloat16, "layers": rows}
+            json.dump({**numbers, "steps_ms": steps}, f, indent=2)
 
 
 if __name__ == "__main__":
