@@ -254,7 +254,8 @@ def torch_networks_with_centre_tap(layer: Layer):
 
         def forward(self, x_BxCxHxW):
             conv, s = self.conv, layer.stride
-            centre = conv.weight[:, :, 2, 2]  # [in, out] transposed, [out, in] otherwise
+            kh, kw = conv.kernel_size
+            centre = conv.weight[:, :, kh // 2, kw // 2]  # [in, out] if transposed, else [out, in]
             if not layer.transposed:
                 y = torch.einsum("bchw,fc->bfhw", x_BxCxHxW[:, :, ::s, ::s], centre)
                 return y if conv.bias is None else y + conv.bias[:, None, None]
