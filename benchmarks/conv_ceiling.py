@@ -256,14 +256,14 @@ def torch_networks_with_centre_tap(layer: Layer):
             conv, s = self.conv, layer.stride
             kh, kw = conv.kernel_size
             centre = conv.weight[:, :, kh // 2, kw // 2]  # [in, out] if transposed, else [out, in]
-            if not layer.transposed:
+            if layer.transposed:
+                pixels = torch.einsum("bchw,cf->bfhw", x_BxCxHxW, centre)
+                b, f, h, w = pixels.shape
+                y = pixels.new_zeros(b, f, h * s, w * s)
+                y[:, :, ::s, ::s] = pixels
+            else:
                 y = torch.einsum("bchw,fc->bfhw", x_BxCxHxW[:, :, ::s, ::s], centre)
-                return y if conv.bias is None else y + conv.bias[:, None, None]
-            y = torch.einsum("bchw,cf->bfhw", x_BxCxHxW, centre)
-            b, f, h, w = y.shape
-            spread = y.new_zeros(b, f, h * s, w * s)
-            spread[:, :, ::s, ::s] = y
-            return spread if conv.bias is None else spread + conv.bias[:, None, None]
+            return y if conv.bias is None else y + conv.bias[:, None, None]
 
     generator, discriminator = dcgan_peers.torch_networks()
     network = generator if layer.path[0] == "G" else discriminator
