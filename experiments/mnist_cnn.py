@@ -5,6 +5,9 @@
 Recipe: the architecture is unchanged; what beats a plain Adam 1e-3 / batch 128
 loop is the schedule (warmup then cosine decay to zero over the 3 epochs),
 smaller batches (more updates per epoch), decoupled weight decay and label smoothing.
+On real MNIST: 99.18 % in 3 epochs; `--config.num_steps=1200 --config.learning_rate=0.01`
+(1.28 epochs) reached 99.0 % for all five seeds tried, the shortest schedule found
+(benchmarks/README.md, "real MNIST").
 """
 
 import ml_collections
