@@ -90,9 +90,9 @@ def train_jdl(
 ) -> None:
     strategy = Strategy("jit")
     model = build_model({"name": "cnn"}, NUM_CLASSES)
-    state = create_train_state(model, optax.adam(LEARNING_RATE), x.shape[1:], jax.random.key(seed))
-    rng = strategy.put_replicated(jax.random.fold_in(jax.random.key(seed), 1))
-    state = strategy.put_replicated(state)
+    key = jax.random.key(seed)
+    state = create_train_state(model, optax.adam(LEARNING_RATE), x.shape[1:], key)
+    state, rng = strategy.put_replicated(state), strategy.put_replicated(jax.random.fold_in(key, 1))
     train = strategy.compile_train_steps(train_step)
     evaluate = strategy.compile_eval(eval_step)
     chunks = range(0, len(y_test), EVAL_BATCH)
@@ -205,8 +205,13 @@ def experiment_row(
         metrics = Path(workdir, METRICS_FILE)
         records = read_records(metrics) if metrics.exists() else []
     accuracies = [round(r["eval/accuracy"], 4) for r in records if "eval/accuracy" in r]
-    row = {"library": f"jdl, whole {name}", "seconds": None, "epochs": None}
-    row.update(first_epoch_s=None, accuracies=accuracies)
+    row = {
+        "library": f"jdl, whole {name}",
+        "seconds": None,
+        "epochs": None,
+        "first_epoch_s": None,
+        "accuracies": accuracies,
+    }
     if done.returncode:
         row["note"] = f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1][:200]}"
     elif max(accuracies, default=0.0) < target:
