@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from benchmarks import dcgan_peers
+from jdl import onednn
 from jdl.loop import matmul_precision, use_cpu_devices
 from jdl.models import build_model
 from jdl.parallel import MODES, Strategy
@@ -159,6 +160,7 @@ class JdlVariant:
     k: int = 1
     microbatches: int = 1  # each step's gradient over this many slices of the batch
     precision: str | None = None  # config.matmul_precision, e.g. "bfloat16"
+    conv_impl: str = "auto"  # the DCGAN's layers: "onednn" for oneDNN's convolutions
 
     @property
     def name(self) -> str:
@@ -172,6 +174,8 @@ class JdlVariant:
             name += f", {self.microbatches} microbatches of {BATCH // self.microbatches}"
         if self.precision:
             name += f", {self.precision} matmuls"
+        if self.conv_impl == "onednn":
+            name += ", oneDNN convolutions"
         return name
 
 
@@ -185,12 +189,15 @@ JDL_VARIANTS = (
 )
 
 
-# The GAN's steps take seconds on a laptop CPU: its single step, K steps and an epoch only;
-# and the first two with bfloat16 products (against PyTorch's autocast).
+# The GAN's steps take seconds on a laptop CPU: its single step, K steps and an epoch only,
+# on matmuls and on oneDNN's convolutions (where installed); and the first two with bfloat16
+# products (against PyTorch's autocast).
 DCGAN_VARIANTS = (
-    JdlVariant("jit", "step"),
-    JdlVariant("jit", "steps", 8),
-    JdlVariant("jit", "epoch"),
+    *(
+        JdlVariant("jit", form, k, conv_impl=conv_impl)
+        for conv_impl in ("auto", "onednn")
+        for form, k in (("step", 1), ("steps", 8), ("epoch", 1))
+    ),
     JdlVariant("jit", "step", precision="bfloat16"),
     JdlVariant("jit", "steps", 8, precision="bfloat16"),
 )
@@ -207,10 +214,10 @@ def compile_jdl(strategy: Strategy, variant: JdlVariant, step: Callable) -> Call
     return strategy.compile_train_steps(step)
 
 
-def jdl_state_and_step(model_name: str, microbatches: int = 1):
+def jdl_state_and_step(model_name: str, microbatches: int = 1, conv_impl: str = "auto"):
     """jdl's initial state and pure step for `model_name`."""
     if model_name == "dcgan":
-        return dcgan_peers.jdl_state(IMAGE_SHAPE), dcgan_peers.JDL_STEP
+        return dcgan_peers.jdl_state(IMAGE_SHAPE, conv_impl), dcgan_peers.JDL_STEP
     model = build_model({"name": model_name}, NUM_CLASSES)
     tx = optax.adam(LEARNING_RATE)
     step = functools.partial(train_step, microbatches=microbatches)
@@ -220,7 +227,7 @@ def jdl_state_and_step(model_name: str, microbatches: int = 1):
 def jdl_workload(model_name: str, variant: JdlVariant, data: dict, epoch_examples: int):
     """jdl's model and step, compiled by its Strategy; host batches are placed per call."""
     strategy = Strategy(variant.mode)
-    state, step = jdl_state_and_step(model_name, variant.microbatches)
+    state, step = jdl_state_and_step(model_name, variant.microbatches, variant.conv_impl)
     state = strategy.put_replicated(state)
     rng = strategy.put_replicated(jax.random.key(1))
     fn = compile_jdl(strategy, variant, step)
@@ -263,12 +270,16 @@ def jdl_cases(model_name: str, data: dict, args: argparse.Namespace) -> list[Cas
             return BFLOAT16_NOTE
         return epoch_note if variant.form == "epoch" else ""
 
+    variants = DCGAN_VARIANTS if model_name == "dcgan" else JDL_VARIANTS
+    if any(v.conv_impl == "onednn" for v in variants) and not onednn.available():
+        print("oneDNN is not installed (see jdl/onednn.py): no oneDNN rows", file=sys.stderr)
+        variants = [v for v in variants if v.conv_impl != "onednn"]
     return [
         (
             Row("jdl", v.name, model_name, note=note(v)),
             functools.partial(jdl_workload, model_name, v, data, epoch_examples),
         )
-        for v in (DCGAN_VARIANTS if model_name == "dcgan" else JDL_VARIANTS)
+        for v in variants
     ]
 
 

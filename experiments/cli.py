@@ -65,13 +65,14 @@ def run(get_config: Callable[[], ml_collections.ConfigDict], job: Job | None = N
 
 
 def is_user_mistake(error: Exception) -> bool:
-    """Errors that name a wrong flag, config value, dataset, checkpoint or workdir."""
+    """Errors that name a wrong flag, config value, dataset, checkpoint or workdir, or a
+    library the config needs that is not installed."""
     from jdl.checkpointing import CheckpointMismatchError
     from jdl.data import DatasetUnavailableError
+    from jdl.onednn import OneDNNUnavailable
 
-    return isinstance(
-        error, (ValueError, TypeError, CheckpointMismatchError, DatasetUnavailableError)
-    )
+    mistakes = (ValueError, TypeError, CheckpointMismatchError, DatasetUnavailableError)
+    return isinstance(error, (*mistakes, OneDNNUnavailable))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, job: Job | None = None) -> None:

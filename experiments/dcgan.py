@@ -3,6 +3,8 @@
     python -m experiments.dcgan --workdir runs/dcgan_mnist --config.data_dir=~/tensorflow_datasets
     python -m experiments.dcgan --workdir runs/dcgan_digits --config.dataset=digits \\
         --config.num_epochs=60 --config.batch_size=64
+    python -m experiments.dcgan --workdir runs/dcgan_onednn --config.model.conv_impl=onednn \\
+        --config.data_dir=~/tensorflow_datasets   # oneDNN's convolutions (jdl/onednn.py)
 
 Writes, besides metrics.jsonl and curves.png: samples/epoch_NNN.png (a fixed-noise grid per
 epoch), samples/progress.gif (all epochs so far) and interpolation.png (README, "GANs").
@@ -19,6 +21,10 @@ def get_config():
     c.model = ml_collections.ConfigDict(
         {
             "name": "dcgan",
+            # Both networks' layers: auto (patch matmuls on CPU, XLA's convolutions elsewhere),
+            # onednn (oneDNN's convolutions on CPU, the fastest there; needs oneDNN installed:
+            # jdl/onednn.py) or xla.
+            "conv_impl": "auto",
             "generator": {
                 "widths": (256, 128, 64),  # first map (image/4), then two upsampling layers
                 "hidden_size": 0,  # > 0: the documents' Dense(1024) before the first map

@@ -77,6 +77,28 @@ def test_a_config_mistake_exits_2_in_one_message(monkeypatch, capsys, tmp_path, 
     assert_one_clear_message(status, lines, *expected)
 
 
+@pytest.mark.parametrize(
+    ("conv_impl", "env", "expected"),
+    [
+        ("onedn", {}, ["Unknown conv_impl 'onedn'"]),
+        ("onednn", {"CXX": "no-such-compiler"}, ["No C++ compiler", "libdnnl-dev"]),
+    ],
+    ids=["typo", "oneDNN not buildable"],
+)
+def test_a_conv_impl_that_cannot_run_exits_2_before_training(tmp_path, conv_impl, env, expected):
+    workdir = tmp_path / "run"
+    result = run_experiment(
+        "digits_dcgan",
+        f"--workdir={workdir}",
+        f"--config.model.conv_impl={conv_impl}",
+        XDG_CACHE_HOME=str(tmp_path / "cache"),  # no library built by other tests
+        **env,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert_one_clear_message(result.returncode, lines[-2:], *expected)
+    assert not (workdir / "metrics.jsonl").exists()
+
+
 def test_a_workdir_that_cannot_be_written_exits_2(monkeypatch, capsys, tmp_path):
     (tmp_path / "file").write_text("")
     status, lines = run_in_process(monkeypatch, capsys, f"--workdir={tmp_path / 'file' / 'run'}")

@@ -57,7 +57,7 @@ class CNN(nn.Module):
     dropout_rate: float = 0.0
     dense_size: int | None = None
     dtype: str = "float32"  # computation dtype; "bfloat16" for mixed precision
-    conv_impl: str = "auto"  # "im2col" (the default on CPU) or "xla" (elsewhere)
+    conv_impl: str = "auto"  # "im2col" (the default on CPU), "onednn" or "xla" (elsewhere)
     axis_name: str | None = None
 
     @nn.compact

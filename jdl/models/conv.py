@@ -11,6 +11,11 @@ checkpoints move between them. `conv` / `conv_transpose` pick them on CPU
 better. Reverse mode only: the gradients are `custom_vjp`s, so `jax.jvp` / `jax.jacfwd`
 through them fail; use `conv_impl="xla"` there.
 
+`conv_impl="onednn"` runs the same layers' float32 passes as oneDNN's convolutions (the ones
+PyTorch uses on CPU) through XLA custom calls (`jdl.onednn`; needs oneDNN installed). It is
+the fastest path for the DCGAN's strided and transposed 5x5 layers; "auto" stays on matmuls,
+which need nothing outside JAX.
+
 Precision: XLA:CPU ignores a matmul's `precision` and computes float32 products in full.
 These layers honour "bfloat16" (the layer's `precision`, else JAX's
 `default_matmul_precision`) as a TPU does: operands rounded to bfloat16, products summed in
@@ -30,16 +35,21 @@ from flax.linen.dtypes import promote_dtype
 from flax.linen.linear import PaddingLike, PrecisionLike, canonicalize_padding
 from jax import lax
 
-CONV_IMPLS = ("auto", "im2col", "xla")
+from jdl import onednn
+
+CONV_IMPLS = ("auto", "im2col", "onednn", "xla")
 BFLOAT16_PRECISIONS = ("bfloat16", "BF16_BF16_F32", lax.DotAlgorithmPreset.BF16_BF16_F32)
 Pads = list[tuple[int, int]]
 
 
 def use_patches(conv_impl: str) -> bool:
-    """Whether `conv_impl` means patch matmuls here: "im2col", or "auto" on a CPU."""
+    """Whether `conv_impl` means jdl's layers here: "im2col", "onednn" (whose passes fall
+    back to patch matmuls where oneDNN's do not apply), or "auto" on a CPU."""
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid: {list(CONV_IMPLS)}")
-    return conv_impl == "im2col" or (conv_impl == "auto" and jax.default_backend() == "cpu")
+    return conv_impl in ("im2col", "onednn") or (
+        conv_impl == "auto" and jax.default_backend() == "cpu"
+    )
 
 
 # --- patches and their transpose -------------------------------------------------------------
@@ -428,6 +438,9 @@ class _PatchLayer(nn.Module):
     "bfloat16" (or None under JAX's `default_matmul_precision("bfloat16")`) takes float32
     matmuls in one bfloat16 pass; other values compute in full, as XLA:CPU does.
 
+    `onednn` computes float32 layers with oneDNN's convolutions (`jdl.onednn`); lower
+    precisions, other dtypes and crops (negative padding) stay on matmuls.
+
     `before_bias`, if given, maps the linear map's output before the bias is added. It must
     commute with adding a per-channel constant, as max pooling does: then the layer's values
     are those of `before_bias` after it, and the bias is added to the smaller map.
@@ -441,6 +454,7 @@ class _PatchLayer(nn.Module):
     dtype: jnp.dtype | str | None = None
     precision: PrecisionLike = None
     before_bias: Callable[[jax.Array], jax.Array] | None = None
+    onednn: bool = False
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
@@ -459,6 +473,15 @@ class _PatchLayer(nn.Module):
         """The bias-free convolution, its matmuls' operands cast to `low` (see `_dot`)."""
         raise NotImplementedError
 
+    def runs_onednn(self, x_BxHxWxC: jax.Array, low, pads: Pads) -> bool:
+        """Whether this call's linear map is oneDNN's (see the class docstring)."""
+        return (
+            self.onednn
+            and low is None
+            and x_BxHxWxC.dtype == jnp.float32
+            and min(min(p) for p in pads) >= 0
+        )
+
 
 class PatchConv(_PatchLayer):
     """`nn.Conv` (2-D, no dilation or groups) as one matmul over image patches, or, with
@@ -466,6 +489,8 @@ class PatchConv(_PatchLayer):
 
     def linear_map(self, x_BxHxWxC, kernel_HxWxCxF, low):
         pads = conv_pads(self.padding, x_BxHxWxC.shape[1:3], self.kernel_size, self.strides)
+        if self.runs_onednn(x_BxHxWxC, low, pads):
+            return onednn.conv(x_BxHxWxC, kernel_HxWxCxF, tuple(self.strides), tuple(pads))
         taps = axes_taps(x_BxHxWxC.shape, self.kernel_size, self.strides, pads, conv_axis_taps)
         if per_tap(x_BxHxWxC.shape[-1], self.features, *taps, low):
             return tap_conv(x_BxHxWxC, kernel_HxWxCxF, *taps)
@@ -479,16 +504,37 @@ class PatchConvTranspose(_PatchLayer):
 
     def linear_map(self, x_BxHxWxC, kernel_HxWxCxF, low):
         pads = transpose_pads(self.padding, self.kernel_size, self.strides)
+        if self.runs_onednn(x_BxHxWxC, low, onednn.adjoint_pads(self.kernel_size, pads)):
+            strides = tuple(self.strides)
+            return onednn.conv_transpose(x_BxHxWxC, kernel_HxWxCxF, strides, tuple(pads))
         taps = axes_taps(x_BxHxWxC.shape, self.kernel_size, self.strides, pads, transpose_axis_taps)
         if per_tap(x_BxHxWxC.shape[-1], self.features, *taps, low):
             return tap_conv(x_BxHxWxC, kernel_HxWxCxF, *taps)
         return conv_transpose_as_matmul(x_BxHxWxC, kernel_HxWxCxF, self.strides, pads, low)
 
 
+def _check_onednn() -> None:
+    """A clear error, before any pass is traced, where oneDNN cannot run."""
+    if jax.default_backend() != "cpu":
+        raise ValueError(
+            f'conv_impl="onednn" runs on CPU only; the default backend is '
+            f'{jax.default_backend()!r}: use conv_impl="auto"'
+        )
+    onednn.load()
+
+
 def _layer(patch_layer, flax_layer, conv_impl, features, kernel_size, before_bias, kwargs):
     """`patch_layer` where `use_patches(conv_impl)`, else `flax_layer` then `before_bias`."""
+    if conv_impl == "onednn":
+        _check_onednn()
     if use_patches(conv_impl):
-        return patch_layer(features, tuple(kernel_size), before_bias=before_bias, **kwargs)
+        return patch_layer(
+            features,
+            tuple(kernel_size),
+            before_bias=before_bias,
+            onednn=conv_impl == "onednn",
+            **kwargs,
+        )
     layer = flax_layer(features, tuple(kernel_size), **kwargs)
     return layer if before_bias is None else lambda x: before_bias(layer(x))
 

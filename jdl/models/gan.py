@@ -51,7 +51,7 @@ class Generator(nn.Module):
     image_shape: Sequence[int] = (28, 28, 1)
     widths: Sequence[int] = (256, 128, 64)
     hidden_size: int = 0
-    conv_impl: str = "auto"  # "im2col" (patch matmuls; the default on CPU) or "xla"
+    conv_impl: str = "auto"  # "im2col" (patch matmuls; the default on CPU), "onednn" or "xla"
     axis_name: str | None = None
 
     @nn.compact
@@ -89,7 +89,7 @@ class Discriminator(nn.Module):
 
     widths: Sequence[int] = (64, 128, 256)
     batch_norm: bool = False
-    conv_impl: str = "auto"  # "im2col" (patch matmuls; the default on CPU) or "xla"
+    conv_impl: str = "auto"  # "im2col" (patch matmuls; the default on CPU), "onednn" or "xla"
     axis_name: str | None = None
 
     @nn.compact

@@ -1,8 +1,9 @@
 """The `gan` task: a DCGAN on an image dataset, with sample grids and FID after every eval.
 
-Config: `config.model` is `{"name": "dcgan", "generator": {...}, "discriminator": {...}}`
-(fields of `jdl.models.gan.Generator` / `Discriminator`; the image shape comes from the
-dataset); both networks train with Adam (`config.optimizer` "adam", or "adamw" with
+Config: `config.model` is `{"name": "dcgan", "generator": {...}, "discriminator": {...},
+"conv_impl": ...}` (fields of `jdl.models.gan.Generator` / `Discriminator`; the image shape
+comes from the dataset; `conv_impl`, for both networks, is "auto", "onednn" or "xla", see
+`jdl.models.conv`); both networks train with Adam (`config.optimizer` "adam", or "adamw" with
 `weight_decay`) on the config's learning-rate schedule and `grad_clip_norm`, and the
 top-level `label_smoothing` is one-sided on real images; the task fields are the keyword
 arguments of `gan_task`.
@@ -50,13 +51,22 @@ def build_gan(model_config: Mapping[str, Any], image_shape) -> tuple[Generator, 
     name = fields.pop("name", None)
     if name != "dcgan":
         raise ValueError(f"The gan task needs model name 'dcgan'; got {name!r}")
-    unknown = sorted(set(fields) - {"generator", "discriminator"})
+    valid = ["conv_impl", "discriminator", "generator"]
+    unknown = sorted(set(fields) - set(valid))
     if unknown:
-        raise ValueError(f"Unknown dcgan field(s) {unknown}; valid: ['discriminator', 'generator']")
+        raise ValueError(f"Unknown dcgan field(s) {unknown}; valid: {valid}")
+    conv_impl = fields.get("conv_impl", "auto")
     generator = configure(
-        Generator, fields.get("generator", {}), "generator", image_shape=tuple(image_shape)
+        Generator,
+        fields.get("generator", {}),
+        "generator",
+        image_shape=tuple(image_shape),
+        conv_impl=conv_impl,
     )
-    return generator, configure(Discriminator, fields.get("discriminator", {}), "discriminator")
+    discriminator = configure(
+        Discriminator, fields.get("discriminator", {}), "discriminator", conv_impl=conv_impl
+    )
+    return generator, discriminator
 
 
 def gan_optimizer(config, num_updates: int, beta1: float) -> optax.GradientTransformation:
