@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -116,16 +117,17 @@ const Primitives& PrimitivesFor(const Geometry& g) {
 }
 
 // Per-thread buffers, kept between calls: a thread runs one call at a time, and fresh
-// pages for every call cost as much as a small convolution.
-enum Slot { kSrc, kWeights, kDst, kScratchpad, kSlots };
+// pages for every call cost as much as a small convolution. Slots 0-2 hold the operands'
+// reordered copies, slot 3 the scratchpad.
+constexpr int kScratchpadSlot = 3;
 
-void* ThreadBuffer(Slot slot, size_t bytes) {
+void* ThreadBuffer(int slot, size_t bytes) {
   struct Buffer {
     void* data = nullptr;
     size_t size = 0;
     ~Buffer() { std::free(data); }
   };
-  thread_local Buffer buffers[kSlots];
+  thread_local Buffer buffers[kScratchpadSlot + 1];
   Buffer& b = buffers[slot];
   if (b.size < bytes) {
     std::free(b.data);
@@ -136,32 +138,43 @@ void* ThreadBuffer(Slot slot, size_t bytes) {
   return b.data;
 }
 
-memory Scratchpad(const memory::desc& desc) {
-  return memory(desc, Engine(), ThreadBuffer(kScratchpad, desc.get_size()));
-}
-
-// A caller's buffer in the layout a primitive wants: inputs reordered in before it runs,
-// outputs reordered out by Finish.
-class Operand {
- public:
-  Operand(const memory::desc& user, const memory::desc& wanted, void* data, Slot slot,
-          bool input, dnnl::stream& stream)
-      : user_(user, Engine(), data) {
-    if (wanted == user) {
-      used_ = user_;
-      return;
-    }
-    used_ = memory(wanted, Engine(), ThreadBuffer(slot, wanted.get_size()));
-    if (input) dnnl::reorder(user_, used_).execute(stream, user_, used_);
-  }
-  const memory& used() const { return used_; }
-  void Finish(dnnl::stream& stream) {
-    if (used_ != user_) dnnl::reorder(used_, user_).execute(stream, used_, user_);
-  }
-
- private:
-  memory user_, used_;
+// One operand of a pass: the caller's buffer (`user` layout) and the layout the primitive
+// wants; inputs are read, the output is written.
+struct Binding {
+  int arg;  // DNNL_ARG_*
+  memory::desc user, wanted;
+  void* data;
+  bool output;
 };
+
+// Runs `primitive` on three operands, reordering inputs in and the output out where the
+// primitive's layouts differ from the caller's.
+void Execute(const dnnl::primitive& primitive, const memory::desc& scratchpad,
+             const Binding (&bindings)[3]) {
+  dnnl::stream stream(Engine());
+  std::unordered_map<int, memory> args;
+  memory user_output, used_output;
+  for (int slot = 0; slot < 3; ++slot) {
+    const Binding& b = bindings[slot];
+    memory user(b.user, Engine(), b.data), used = user;
+    if (b.wanted != b.user) {
+      used = memory(b.wanted, Engine(), ThreadBuffer(slot, b.wanted.get_size()));
+      if (!b.output) dnnl::reorder(user, used).execute(stream, user, used);
+    }
+    if (b.output) {
+      user_output = user;
+      used_output = used;
+    }
+    args[b.arg] = used;
+  }
+  void* scratch = ThreadBuffer(kScratchpadSlot, scratchpad.get_size());
+  args[DNNL_ARG_SCRATCHPAD] = memory(scratchpad, Engine(), scratch);
+  primitive.execute(stream, args);
+  if (used_output != user_output) {
+    dnnl::reorder(used_output, user_output).execute(stream, used_output, user_output);
+  }
+  stream.wait();
+}
 
 template <typename Buffer>
 Dims Nchw(const Buffer& b) {  // an NHWC buffer's logical (N, C, H, W)
@@ -200,16 +213,10 @@ ffi::Error ConvForward(F32 x, F32 w, F32Result y, Ints strides, Ints pad_l, Ints
     Geometry g{Nchw(x), Oihw(w), Nchw(*y), ToDims(strides), ToDims(pad_l), ToDims(pad_r)};
     const Primitives& p = PrimitivesFor(g);
     const auto& pd = p.forward_pd;
-    dnnl::stream stream(Engine());
-    Operand src(Nhwc(g.src), pd.src_desc(), x.untyped_data(), kSrc, true, stream);
-    Operand weights(Hwio(g.weights), pd.weights_desc(), w.untyped_data(), kWeights, true, stream);
-    Operand dst(Nhwc(g.dst), pd.dst_desc(), y->untyped_data(), kDst, false, stream);
-    p.forward.execute(stream, {{DNNL_ARG_SRC, src.used()},
-                               {DNNL_ARG_WEIGHTS, weights.used()},
-                               {DNNL_ARG_DST, dst.used()},
-                               {DNNL_ARG_SCRATCHPAD, Scratchpad(pd.scratchpad_desc())}});
-    dst.Finish(stream);
-    stream.wait();
+    Execute(p.forward, pd.scratchpad_desc(),
+            {{DNNL_ARG_SRC, Nhwc(g.src), pd.src_desc(), x.untyped_data(), false},
+             {DNNL_ARG_WEIGHTS, Hwio(g.weights), pd.weights_desc(), w.untyped_data(), false},
+             {DNNL_ARG_DST, Nhwc(g.dst), pd.dst_desc(), y->untyped_data(), true}});
   });
 }
 
@@ -219,16 +226,10 @@ ffi::Error ConvInputGrad(F32 dy, F32 w, F32Result dx, Ints strides, Ints pad_l, 
     Geometry g{Nchw(*dx), Oihw(w), Nchw(dy), ToDims(strides), ToDims(pad_l), ToDims(pad_r)};
     const Primitives& p = PrimitivesFor(g);
     const auto& pd = p.input_grad_pd;
-    dnnl::stream stream(Engine());
-    Operand diff_dst(Nhwc(g.dst), pd.diff_dst_desc(), dy.untyped_data(), kDst, true, stream);
-    Operand weights(Hwio(g.weights), pd.weights_desc(), w.untyped_data(), kWeights, true, stream);
-    Operand diff_src(Nhwc(g.src), pd.diff_src_desc(), dx->untyped_data(), kSrc, false, stream);
-    p.input_grad.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst.used()},
-                                  {DNNL_ARG_WEIGHTS, weights.used()},
-                                  {DNNL_ARG_DIFF_SRC, diff_src.used()},
-                                  {DNNL_ARG_SCRATCHPAD, Scratchpad(pd.scratchpad_desc())}});
-    diff_src.Finish(stream);
-    stream.wait();
+    Execute(p.input_grad, pd.scratchpad_desc(),
+            {{DNNL_ARG_DIFF_DST, Nhwc(g.dst), pd.diff_dst_desc(), dy.untyped_data(), false},
+             {DNNL_ARG_WEIGHTS, Hwio(g.weights), pd.weights_desc(), w.untyped_data(), false},
+             {DNNL_ARG_DIFF_SRC, Nhwc(g.src), pd.diff_src_desc(), dx->untyped_data(), true}});
   });
 }
 
@@ -238,17 +239,11 @@ ffi::Error ConvKernelGrad(F32 x, F32 dy, F32Result dw, Ints strides, Ints pad_l,
     Geometry g{Nchw(x), Oihw(*dw), Nchw(dy), ToDims(strides), ToDims(pad_l), ToDims(pad_r)};
     const Primitives& p = PrimitivesFor(g);
     const auto& pd = p.kernel_grad_pd;
-    dnnl::stream stream(Engine());
-    Operand src(Nhwc(g.src), pd.src_desc(), x.untyped_data(), kSrc, true, stream);
-    Operand diff_dst(Nhwc(g.dst), pd.diff_dst_desc(), dy.untyped_data(), kDst, true, stream);
-    Operand diff_weights(Hwio(g.weights), pd.diff_weights_desc(), dw->untyped_data(), kWeights,
-                         false, stream);
-    p.kernel_grad.execute(stream, {{DNNL_ARG_SRC, src.used()},
-                                   {DNNL_ARG_DIFF_DST, diff_dst.used()},
-                                   {DNNL_ARG_DIFF_WEIGHTS, diff_weights.used()},
-                                   {DNNL_ARG_SCRATCHPAD, Scratchpad(pd.scratchpad_desc())}});
-    diff_weights.Finish(stream);
-    stream.wait();
+    Execute(p.kernel_grad, pd.scratchpad_desc(),
+            {{DNNL_ARG_SRC, Nhwc(g.src), pd.src_desc(), x.untyped_data(), false},
+             {DNNL_ARG_DIFF_DST, Nhwc(g.dst), pd.diff_dst_desc(), dy.untyped_data(), false},
+             {DNNL_ARG_DIFF_WEIGHTS, Hwio(g.weights), pd.diff_weights_desc(),
+              dw->untyped_data(), true}});
   });
 }
 
